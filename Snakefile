@@ -1,0 +1,19 @@
+# facecaption: regenerate the FaceCaption-15M paper.  `snakemake --cores all`
+# Overlays for real runs: `snakemake --cores all --configfile config/laion-face.yaml`
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/collect.smk"
+include: "rules/paper.smk"
+
+
+rule all:
+    input:
+        "paper/build/paper.pdf",
+    default_target: True

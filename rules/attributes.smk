@@ -1,0 +1,1 @@
+# rules for the attributes stage (see docs/ARCHITECTURE.md)

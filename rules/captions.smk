@@ -1,0 +1,1 @@
+# rules for the captions stage (see docs/ARCHITECTURE.md)

@@ -1,0 +1,42 @@
+# Shared helpers: config validation, shard ids, stage paths from the registry (facecaption.workflow).
+import sys
+
+from facecaption import config as fc_config
+from facecaption import workflow as W
+
+try:
+    fc_config.validate(config)
+except fc_config.ConfigError as exc:
+    sys.stderr.write(f"{exc}\n")
+    sys.exit(1)
+
+SHARDS = W.shard_ids(config)
+
+wildcard_constraints:
+    shard=r"\d{5}",
+
+
+def cfg(stage):
+    """The config sections a stage reads, as JSON (a change re-runs exactly the stages that read it)."""
+    return fc_config.section_json(config, *W.STAGES[stage].config_keys)
+
+
+def deps(stage):
+    """Inputs of a stage from the registry; per-shard stages get them for their {shard} wildcard."""
+    if W.STAGES[stage].per_shard:
+        return lambda wc: W.stage_deps(stage, config, wc.shard, SHARDS)
+    return W.stage_deps(stage, config, shards=SHARDS)
+
+
+def outs(stage):
+    """Outputs of a stage from the registry, directories marked as such."""
+    st = W.STAGES[stage]
+    return [directory(p) if p in st.dirs else p for p in W.stage_outs(stage)]
+
+
+def threads_of(stage, default=1):
+    return config.get("resources", {}).get(stage, {}).get("threads", default)
+
+
+def mem_of(stage, default=2000):
+    return config.get("resources", {}).get(stage, {}).get("mem_mb", default)

@@ -1,0 +1,1 @@
+# rules for the faces stage (see docs/ARCHITECTURE.md)

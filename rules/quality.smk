@@ -1,0 +1,1 @@
+# rules for the quality stage (see docs/ARCHITECTURE.md)

@@ -1,0 +1,3 @@
+from facecaption.cli import main
+
+raise SystemExit(main())

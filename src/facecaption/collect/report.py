@@ -1,0 +1,88 @@
+"""Corpus report: counts, attribute frequencies (seaborn) and an example grid with true boxes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from facecaption import workflow as W
+from facecaption.report import Report, setup_plotting
+from facecaption.shards import iter_samples, read_parquet
+
+
+def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6, cell: int = 160) -> Image.Image:
+    rows = (n + cols - 1) // cols
+    grid = Image.new("RGB", (cols * cell, rows * cell), "white")
+    for i, sample in enumerate(iter_samples(tar_path)):
+        if i >= n:
+            break
+        im = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+        draw = ImageDraw.Draw(im)
+        for _, f in truth[truth.key == sample["__key__"]].iterrows():
+            draw.rectangle([f.x0, f.y0, f.x1, f.y1], outline=(0, 255, 0), width=2)
+            for x, y in np.asarray(f.landmarks).reshape(5, 2):
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 0, 0))
+        grid.paste(im.resize((cell - 4, cell - 4)), ((i % cols) * cell + 2, (i // cols) * cell + 2))
+    return grid
+
+
+def run(cfg: dict, args: argparse.Namespace) -> int:
+    deps = W.stage_deps("report_corpus", cfg)
+    images = read_parquet([p for p in deps if p.endswith(".parquet") and not p.endswith(".truth.parquet")])
+    truth = read_parquet([p for p in deps if p.endswith(".truth.parquet")])
+    tars = [p for p in deps if p.endswith(".tar")]
+    rep = Report(W.report_dir("corpus"))
+    plt, sns = setup_plotting()
+
+    faces_per_image = truth.groupby("key").size().reindex(images.key, fill_value=0) if len(truth) else pd.Series(0, index=images.key)
+    rep.update({
+        "source": cfg.get("source", "synthface"),
+        "shards": len(tars),
+        "images": len(images),
+        "images_ok": int((images.status == "success").sum()),
+        "faces": len(truth),
+        "images_no_face": int((faces_per_image == 0).sum()),
+        "images_multi_face": int((faces_per_image > 1).sum()),
+        "faces_tiny": int(truth["tiny"].sum()) if len(truth) else 0,
+        "identities": int(truth["identity"].nunique()) if len(truth) else 0,
+        "mean_width": float(images.width.mean()),
+        "mean_height": float(images.height.mean()),
+        "mean_caption_words": float(images.caption.fillna("").str.split().str.len().mean()),
+    })
+    degrade = truth.drop_duplicates("key")["degrade"].value_counts().to_dict() if len(truth) else {}
+    rep.metric("degraded_images", {k: int(v) for k, v in sorted(degrade.items()) if k != "none"})
+
+    attr_cols = [c for c in truth.columns if c not in
+                 ("key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny")]
+    freq = truth[attr_cols].mean().sort_values(ascending=False) if len(truth) else pd.Series(dtype=float)
+    rep.metric("attributes_drawn", len(attr_cols))
+    rep.metric("attribute_frequency", {k: float(v) for k, v in freq.items()})
+    rep.table("corpus_summary", ["quantity", "value"], [
+        ["shards", len(tars)], ["images", len(images)], ["faces (ground truth)", len(truth)],
+        ["images without a face", rep.metrics["images_no_face"]],
+        ["images with several faces", rep.metrics["images_multi_face"]],
+        ["tiny faces", rep.metrics["faces_tiny"]],
+        ["degraded images", sum(rep.metrics["degraded_images"].values())],
+        ["identities", rep.metrics["identities"]],
+        ["attributes drawn (of CelebA's 40)", len(attr_cols)],
+    ], caption="The collected corpus, counted from the collect shards and their ground truth.")
+
+    if len(freq):
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        sns.barplot(x=freq.index, y=freq.values, ax=ax, color="#4c72b0")
+        ax.set_ylabel("share of faces")
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=90, labelsize=6)
+        ax.set_ylim(0, 1)
+        rep.figure("attribute_frequency", fig)
+    grid = example_grid(tars[0], truth)
+    fig, ax = plt.subplots(figsize=(7, 7 * grid.height / grid.width))
+    ax.imshow(grid)
+    ax.axis("off")
+    rep.figure("examples", fig)
+    rep.save()
+    return 0

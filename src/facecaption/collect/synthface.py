@@ -1,0 +1,107 @@
+"""The embedded source: a synthetic 'crawl' of procedurally rendered faces with known ground truth.
+
+Like a real crawl it holds portraits, group photos, tiny faces, degraded images and images with no face,
+each with a noisy alt-text. Everything derives from (seed, shard, index), so shards are independent
+and byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from facecaption import rng as rngmod
+from facecaption import workflow as W
+from facecaption.shards import ShardWriter, encode_jpeg, write_parquet
+from facecaption.synthface.render import DRAWABLE, render_image, sample_identity
+
+log = logging.getLogger(__name__)
+
+# Words a crawl's alt-texts use; deliberately loose, often unrelated to the face (as LAION alt-texts are).
+_SUBJECT = {True: ["man", "guy", "businessman", "actor", "male model"],
+            False: ["woman", "girl", "businesswoman", "actress", "female model"]}
+_TEMPLATES = [
+    "portrait of a {adj} {subj}", "{adj} {subj} {place} - stock photo", "close-up of {subj} {place}",
+    "{subj} looking at camera", "IMG_{num}.jpg", "photo {num}", "{adj} {subj}, free stock image",
+    "headshot of a {subj} | {brand}", "{subj} {place}", "best {subj} portraits {year}",
+]
+_ADJ = ["happy", "young", "serious", "smiling", "confident", "beautiful", "old", "casual", "professional"]
+_PLACE = ["in the park", "at the office", "on white background", "outdoors", "in the city", "at home"]
+_BRAND = ["Shutterstock", "Getty", "pixabay", "Flickr", "Unsplash"]
+_NOFACE = ["sunset over the hills", "abstract background texture", "IMG_{num}.jpg", "product photo {num}",
+           "city skyline at night", "colorful pattern wallpaper"]
+
+
+def alt_text(rng: np.random.Generator, faces: list[dict]) -> str:
+    num = int(rng.integers(1000, 9999))
+    if not faces:
+        return rng.choice(_NOFACE).format(num=num)
+    male = bool(faces[0]["attributes"].get("Male", rng.random() < 0.5))
+    if rng.random() < 0.15:  # alt-texts sometimes get the person wrong
+        male = not male
+    subj = rng.choice(_SUBJECT[male]) if len(faces) == 1 else rng.choice(["people", "group of friends", "team", "family"])
+    adj = "smiling" if faces[0]["attributes"].get("Smiling") and rng.random() < 0.5 else rng.choice(_ADJ)
+    return rng.choice(_TEMPLATES).format(adj=adj, subj=subj, place=rng.choice(_PLACE), num=num,
+                                         brand=rng.choice(_BRAND), year=int(rng.integers(2010, 2024)))
+
+
+def plan_image(rng: np.random.Generator, sf: dict) -> dict:
+    """What one image holds: number of faces, their scale, and an optional degradation."""
+    u = rng.random()
+    if u < sf["p_no_face"]:
+        n_faces = 0
+    elif u < sf["p_no_face"] + sf["p_multi_face"]:
+        n_faces = int(rng.integers(2, sf["max_faces"] + 1))
+    else:
+        n_faces = 1
+    tiny = n_faces > 0 and rng.random() < sf["p_tiny_face"]
+    if tiny:
+        scale = tuple(sf["tiny_face_scale"])
+    elif n_faces > 1:  # group photos hold smaller faces
+        lo, hi = sf["face_scale"]
+        scale = (lo * 0.6, hi * 0.6)
+    else:
+        scale = tuple(sf["face_scale"])
+    degrade = None
+    if rng.random() < sf["p_degraded"] and sf["degradations"]:
+        degrade = str(rng.choice(sf["degradations"]))
+    return {"n_faces": n_faces, "face_scale": scale, "degrade": degrade, "tiny": tiny}
+
+
+def collect_shard(cfg: dict, shard: str) -> None:
+    sf, seed = cfg["synthface"], cfg["seed"]
+    tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)
+    shard_no = int(shard)
+    rows, truth = [], []
+    with ShardWriter(tar_path) as writer:
+        for idx in tqdm(range(sf["images_per_shard"]), desc=f"collect {shard}", mininterval=2):
+            key = f"{shard}_{idx:05d}"
+            rng = rngmod.stream(seed, "synthface/image", shard_no, idx)
+            plan = plan_image(rng, sf)
+            ids = [int(rng.integers(0, sf["identities"])) for _ in range(plan["n_faces"])]
+            identities = [sample_identity(rngmod.stream(seed, "synthface/identity", i)) for i in ids]
+            image, faces = render_image(rng, size=sf["image_size"], n_faces=plan["n_faces"],
+                                        face_scale=plan["face_scale"], degrade=plan["degrade"],
+                                        identities=identities)
+            caption = alt_text(rng, faces)
+            jpg = encode_jpeg(image, quality=sf["jpeg_quality"])
+            meta = {"key": key, "url": f"synthface://{seed}/{shard}/{idx}", "width": image.shape[1],
+                    "height": image.shape[0], "source": "synthface"}
+            writer.write({"__key__": key, "jpg": jpg, "txt": caption, "json": meta})
+            rows.append({**meta, "caption": caption, "status": "success", "error_message": None})
+            for f_idx, face in enumerate(faces):
+                x0, y0, x1, y1 = (float(v) for v in face["box"])
+                truth.append({
+                    "key": key, "face": f_idx, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                    "landmarks": [float(v) for v in np.asarray(face["landmarks"]).ravel()],
+                    "identity": ids[f_idx] if f_idx < len(ids) else -1,
+                    "degrade": plan["degrade"] or "none", "tiny": plan["tiny"],
+                    **{a: bool(face["attributes"].get(a, False)) for a in DRAWABLE},
+                })
+    write_parquet(pd.DataFrame(rows), parquet_path)
+    columns = ["key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny", *DRAWABLE]
+    write_parquet(pd.DataFrame(truth, columns=columns), truth_path)
+    log.info("shard %s: %d images, %d faces", shard, len(rows), len(truth))

@@ -1,0 +1,148 @@
+"""Shard I/O: webdataset tar shards and parquet tables, written deterministically and atomically.
+
+Every artifact of the pipeline is a shard pair ``NAME.tar`` (webdataset: ``key.jpg``, ``key.txt``,
+``key.json``) plus ``NAME.parquet`` (one row per sample). Same input → same bytes: tar members get a
+fixed mtime, owner and mode, and files are renamed into place only when complete, so a killed job never
+leaves a half-written shard behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+# 2000-01-01T00:00:00Z: a fixed member mtime keeps tar bytes (and so DVC hashes) stable across runs.
+FIXED_MTIME = 946684800.0
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class ShardWriter:
+    """Write samples ``{"__key__": str, ext: bytes|str|dict, ...}`` to one tar, atomically.
+
+    >>> with ShardWriter("out.tar") as w:
+    ...     w.write({"__key__": "000001", "jpg": jpeg_bytes, "txt": "a caption", "json": {"w": 3}})
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._file = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._file, user="", group="", mode=0o644, mtime=FIXED_MTIME,
+                                  encoder=False)
+        self.count = 0
+
+    def write(self, sample: dict) -> None:
+        encoded = {}
+        for k, v in sample.items():
+            if k == "__key__" or isinstance(v, bytes):
+                encoded[k] = v
+            elif isinstance(v, str):
+                encoded[k] = v.encode("utf-8")
+            else:
+                encoded[k] = json.dumps(v, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        self._tar.write(encoded)
+        self.count += 1
+
+    def close(self, ok: bool = True) -> None:
+        self._tar.close()
+        self._file.close()
+        if ok:
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+def iter_samples(path: str | os.PathLike, errors: list | None = None) -> Iterator[dict]:
+    """Yield samples ``{"__key__": key, ext: bytes}`` from a tar shard, grouping members by key.
+
+    A corrupt or truncated tar never raises: the problem is appended to ``errors`` (when given) as
+    ``{"key": ..., "reason": ...}`` and iteration stops at the damage, keeping everything before it.
+    Member names that would escape a folder (absolute, ``..``) are skipped and recorded.
+    """
+    current: dict | None = None
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                name = member.name
+                if not member.isfile():
+                    continue
+                if name.startswith("/") or ".." in Path(name).parts:
+                    if errors is not None:
+                        errors.append({"key": name, "reason": "unsafe_member_path"})
+                    continue
+                base = name.rsplit("/", 1)[-1]
+                prefix = name[: len(name) - len(base)]
+                key, _, ext = base.partition(".")
+                key = prefix + key
+                data = tar.extractfile(member).read()
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key}
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        if errors is not None:
+            errors.append({"key": current["__key__"] if current else None,
+                           "reason": f"corrupt_tar: {type(exc).__name__}: {exc}"})
+        current = None  # the sample being read when the damage hit is incomplete
+    if current is not None:
+        yield current
+
+
+def write_parquet(df: pd.DataFrame | pa.Table, path: str | os.PathLike) -> None:
+    """Write a table to parquet atomically and reproducibly (no pandas index, fixed row groups)."""
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=65536)
+
+
+def read_parquet(paths: str | os.PathLike | Iterable, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one or several parquet files into one DataFrame (in the order given)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    frames = [pq.read_table(p, columns=columns).to_pandas() for p in paths]
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame(columns=columns or [])
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def encode_jpeg(rgb, quality: int = 92) -> bytes:
+    """Encode an RGB uint8 array as baseline JPEG with fixed settings (stable bytes)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=False, progressive=False,
+                              subsampling=0)
+    return buf.getvalue()

@@ -8,6 +8,8 @@ rule collect:
         outs("collect"),
     params:
         cfg=cfg("collect"),
+    conda:
+        CONDA_ENV
     log:
         "logs/collect/{shard}.log",
     message:
@@ -24,6 +26,8 @@ rule labeled:
         outs("labeled"),
     params:
         cfg=cfg("labeled"),
+    conda:
+        CONDA_ENV
     log:
         "logs/labeled.log",
     message:
@@ -42,6 +46,8 @@ rule report_corpus:
         outs("report_corpus"),
     params:
         cfg=cfg("report_corpus"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_corpus.log",
     message:

@@ -11,6 +11,7 @@ except fc_config.ConfigError as exc:
     sys.exit(1)
 
 SHARDS = W.shard_ids(config)
+CONDA_ENV = "../envs/facecaption.yaml"  # relative to rules/; used with --sdm conda
 
 wildcard_constraints:
     shard=r"\d{5}",

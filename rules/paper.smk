@@ -8,6 +8,8 @@ rule paper:
         outs("paper"),
     params:
         cfg=cfg("paper"),
+    conda:
+        CONDA_ENV
     log:
         "logs/paper.log",
     message:

@@ -85,7 +85,7 @@ def _allowed(err: jsonschema.ValidationError) -> str:
         bounds.append(f"at least {s['minItems']} items")
     if "pattern" in s:
         bounds.append(f"matching {s['pattern']}")
-    return " ".join([kind, *bounds])
+    return ", ".join([kind, *bounds]) if bounds else kind
 
 
 def validate(config: dict) -> dict:
@@ -105,7 +105,9 @@ def validate(config: dict) -> dict:
         if err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else "?"
             raise ConfigError(f"config error: {'.'.join(filter(None, [path, missing]))}: missing")
-        shown = json.dumps(err.instance) if not isinstance(err.instance, (dict, list)) else type(err.instance).__name__
+        shown = json.dumps(err.instance)
+        if len(shown) > 60:
+            shown = type(err.instance).__name__
         raise ConfigError(f"config error: {path or '<top>'}: {shown} is not allowed; allowed: {_allowed(err)}")
     return config
 

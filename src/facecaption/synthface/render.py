@@ -1,0 +1,874 @@
+"""Procedural face renderer with known ground truth (numpy + OpenCV only).
+
+A face is described in *face units*: the origin is the midpoint between the eyes, X grows to the image
+right, Y grows downwards, and one unit is half the cheek-to-cheek face width.  The head spans
+Y in [-R, R] with R = head height / width in [1.35, 1.55].  Every face is rendered upright into a small
+local patch (a premultiplied RGBA float image) at an internal resolution of at most ``_MAX_A`` pixels per
+unit, from a height map: base head ellipsoid, eye sockets, brow ridge, nose, cheekbones, lips, chin →
+normals → diffuse + ambient light, darkened creases and a small specular highlight.  Albedo carries skin
+tone, darker sockets, lips, brows, eyes, stubble and make-up.  Hair, ears, neck, beard, hat, glasses and
+earrings are separate layers.  The patch is then scaled / rotated (roll) into the canvas with a single
+``cv2.warpAffine``; torso, clothes, necktie and necklace are drawn directly on the canvas.
+
+Every random choice comes from the ``numpy.random.Generator`` passed in: same seed → same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from facecaption.celeba import ATTRIBUTES, GROUPS  # noqa: F401  (GROUPS re-exported for callers)
+
+# "Attractive" is subjective and not drawn; every other CelebA attribute is controlled.
+DRAWABLE: tuple[str, ...] = tuple(a for a in ATTRIBUTES if a != "Attractive")
+
+DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "jpeg", "lowlight", "lowres")
+
+_MAX_A = 56.0  # max internal pixels per face unit (half face width)
+_BOX_TOP = -0.85  # top of the ground-truth face box, in face units (upper forehead)
+_BOX_SIDE = 0.95  # box half width as a share of the head outline (cheek to cheek)
+
+# skin palette from pale to darkest (linear-ish RGB, 0..1)
+_SKIN = np.array([
+    [0.97, 0.86, 0.79], [0.93, 0.76, 0.65], [0.86, 0.66, 0.52], [0.76, 0.55, 0.40],
+    [0.62, 0.42, 0.29], [0.47, 0.31, 0.21], [0.34, 0.22, 0.15], [0.25, 0.16, 0.11],
+], dtype=np.float32)
+
+_HAIR = {
+    "black": (0.09, 0.075, 0.07), "brown": (0.36, 0.23, 0.13), "blond": (0.82, 0.66, 0.40),
+    "gray": (0.66, 0.65, 0.63), "red": (0.55, 0.22, 0.10), "darkbrown": (0.20, 0.13, 0.08),
+}
+_EYES = [(0.30, 0.18, 0.09), (0.18, 0.10, 0.05), (0.25, 0.42, 0.60), (0.30, 0.45, 0.30),
+         (0.45, 0.38, 0.22), (0.38, 0.48, 0.55)]
+
+
+# ------------------------------------------------------------------------------------------------
+# identities and attributes
+# ------------------------------------------------------------------------------------------------
+def sample_identity(rng: np.random.Generator) -> dict:
+    """Persistent traits of one person (shape, colouring, hair, beard style, …)."""
+    male = bool(rng.random() < 0.42)
+    young = bool(rng.random() < 0.77)
+    pale = bool(rng.random() < 0.06)
+    tone = float(rng.uniform(0.0, 0.6)) if pale else float(rng.beta(1.3, 1.6) * (len(_SKIN) - 1))
+    if pale:
+        tone *= 0.35
+    i = min(int(tone), len(_SKIN) - 2)
+    skin = _SKIN[i] * (1 - (tone - i)) + _SKIN[i + 1] * (tone - i)
+    skin = np.clip(skin * rng.uniform(0.96, 1.04, 3), 0, 1)
+    shape = rng.choice(["oval", "round", "square", "long"], p=[0.32, 0.25, 0.23, 0.20])
+    chubby = bool(rng.random() < (0.08 if young else 0.16))
+    old_gray = (not young) and rng.random() < 0.35
+    if old_gray:
+        hair = "gray"
+    else:
+        dark = tone > 3.5
+        p = [0.30, 0.30, 0.16, 0.0, 0.06, 0.18] if not dark else [0.62, 0.12, 0.03, 0.0, 0.01, 0.22]
+        hair = str(rng.choice(["black", "brown", "blond", "gray", "red", "darkbrown"], p=p))
+    bald = bool(male and rng.random() < (0.06 if young else 0.30))
+    receding = bool(male and not bald and rng.random() < (0.10 if young else 0.40)) or \
+        bool((not male) and rng.random() < 0.02)
+    if male:
+        length = str(rng.choice(["short", "medium", "long"], p=[0.75, 0.18, 0.07]))
+    else:
+        length = str(rng.choice(["short", "medium", "long"], p=[0.08, 0.30, 0.62]))
+    texture = str(rng.choice(["straight", "wavy", "plain"], p=[0.27, 0.40, 0.33]))
+    beard = "none"
+    if male:
+        beard = str(rng.choice(["none", "stubble", "mustache", "goatee", "full", "sideburns"],
+                               p=[0.40, 0.22, 0.07, 0.10, 0.13, 0.08]))
+    return {
+        "id": int(rng.integers(0, 2**62)),
+        "male": male, "young": young, "pale": pale,
+        "skin": [float(c) for c in skin], "skin_tone": tone,
+        "shape": str(shape), "ratio": float(rng.uniform(1.36, 1.54)),
+        "chubby": chubby, "double_chin": bool((chubby or not young) and rng.random() < 0.35),
+        "big_nose": bool(rng.random() < (0.32 if male else 0.14)),
+        "pointy_nose": bool(rng.random() < 0.30),
+        "high_cheekbones": bool(rng.random() < 0.45),
+        "big_lips": bool(rng.random() < 0.24),
+        "narrow_eyes": bool(rng.random() < 0.11),
+        "arched": bool(rng.random() < (0.05 if male else 0.45)),
+        "bushy": bool(rng.random() < (0.28 if male else 0.05)),
+        "bags": bool(rng.random() < (0.12 if young else 0.45)),
+        "hair": hair, "hair_len": length, "hair_texture": texture, "bald": bald, "receding": receding,
+        "bangs": bool((not bald) and rng.random() < (0.05 if male else 0.25)),
+        "hair_volume": float(rng.uniform(0.06, 0.22)), "parting": float(rng.uniform(-0.4, 0.4)),
+        "beard": beard,
+        "glasses_wearer": bool(rng.random() < 0.09),
+        "eye_color": [float(c) for c in _EYES[int(rng.integers(len(_EYES)))]] if tone < 3.5
+        else [float(c) for c in _EYES[int(rng.integers(2))]],
+        "eye_sep": float(rng.uniform(0.43, 0.48)), "eye_w": float(rng.uniform(0.185, 0.205)),
+        "nose_len": float(rng.uniform(-0.03, 0.03)), "mouth_w": float(rng.uniform(0.30, 0.36)),
+        "brow_y": float(rng.uniform(-0.27, -0.23)),
+        "lip_tint": [float(c) for c in rng.uniform([0.82, 0.52, 0.52], [0.92, 0.66, 0.64])],
+        "clothes": [float(c) for c in rng.uniform(0.05, 0.9, 3)],
+    }
+
+
+def sample_attributes(rng: np.random.Generator, identity: dict) -> dict[str, bool]:
+    """One boolean per DRAWABLE attribute, consistent with the identity and with each other."""
+    m, young = identity["male"], identity["young"]
+    a: dict[str, bool] = {}
+    a["Male"], a["Young"] = m, young
+    a["Pale_Skin"] = identity["pale"]
+    bald = identity["bald"]
+    a["Bald"] = bald
+    hair = identity["hair"]
+    a["Black_Hair"] = (not bald) and hair == "black"
+    a["Brown_Hair"] = (not bald) and hair == "brown"
+    a["Blond_Hair"] = (not bald) and hair == "blond"
+    a["Gray_Hair"] = (not bald) and hair == "gray"
+    a["Receding_Hairline"] = (not bald) and identity["receding"]
+    a["Wearing_Hat"] = bool(rng.random() < 0.05)
+    a["Bangs"] = (not bald) and (not a["Receding_Hairline"]) and (identity["bangs"] or rng.random() < 0.03)
+    tex = identity["hair_texture"]
+    a["Straight_Hair"] = (not bald) and tex == "straight"
+    a["Wavy_Hair"] = (not bald) and tex == "wavy"
+    beard = identity["beard"]
+    if m and beard == "none" and rng.random() < 0.10:
+        beard = "stubble"
+    if m and beard != "none" and rng.random() < 0.08:
+        beard = "none"  # shaved today
+    a["5_o_Clock_Shadow"] = beard == "stubble"
+    a["Mustache"] = beard in ("mustache", "full")
+    a["Goatee"] = beard in ("goatee", "full")
+    a["Sideburns"] = beard in ("sideburns", "full") and not bald
+    a["No_Beard"] = not (a["5_o_Clock_Shadow"] or a["Mustache"] or a["Goatee"] or a["Sideburns"])
+    a["Smiling"] = bool(rng.random() < 0.48)
+    a["Mouth_Slightly_Open"] = bool(rng.random() < (0.70 if a["Smiling"] else 0.26))
+    a["Eyeglasses"] = bool(rng.random() < (0.55 if identity["glasses_wearer"] else 0.015))
+    a["Heavy_Makeup"] = (not m) and bool(rng.random() < 0.66)
+    a["Wearing_Lipstick"] = (not m) and bool(rng.random() < (0.97 if a["Heavy_Makeup"] else 0.45))
+    a["Rosy_Cheeks"] = bool(rng.random() < (0.03 if m else (0.14 if a["Heavy_Makeup"] else 0.06)))
+    a["Wearing_Earrings"] = bool(rng.random() < (0.02 if m else 0.33))
+    a["Wearing_Necklace"] = bool(rng.random() < (0.02 if m else 0.20))
+    a["Wearing_Necktie"] = m and bool(rng.random() < 0.16)
+    a["Narrow_Eyes"] = identity["narrow_eyes"]
+    a["Big_Nose"] = identity["big_nose"]
+    a["Pointy_Nose"] = identity["pointy_nose"] and not identity["big_nose"]
+    a["Big_Lips"] = identity["big_lips"]
+    a["Bushy_Eyebrows"] = identity["bushy"]
+    a["Arched_Eyebrows"] = identity["arched"] and not identity["bushy"]
+    a["Chubby"] = identity["chubby"]
+    a["Double_Chin"] = identity["double_chin"]
+    a["High_Cheekbones"] = identity["high_cheekbones"] and not identity["chubby"]
+    a["Oval_Face"] = identity["shape"] == "oval" and not identity["chubby"]
+    a["Bags_Under_Eyes"] = identity["bags"]
+    a["Blurry"] = bool(rng.random() < 0.05)
+    return {k: bool(a[k]) for k in DRAWABLE}
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+def _g(X, Y, cx, cy, sx, sy):
+    """Anisotropic Gaussian bump."""
+    return np.exp(-0.5 * (((X - cx) / sx) ** 2 + ((Y - cy) / sy) ** 2))
+
+
+def _mix(col, c, m):
+    """col = col * (1 - m) + c * m, in place; m is (H, W) or scalar, c (3,) or (H, W, 3)."""
+    m = m[..., None] if np.ndim(m) == 2 else m
+    col += (np.asarray(c, dtype=np.float32) - col) * m
+    return col
+
+
+class _Layer:
+    """Premultiplied RGBA accumulation buffer for the face patch."""
+
+    def __init__(self, h, w):
+        self.rgb = np.zeros((h, w, 3), np.float32)
+        self.a = np.zeros((h, w), np.float32)
+
+    def over(self, color, alpha):
+        alpha = np.clip(alpha, 0, 1).astype(np.float32)
+        col = color if np.ndim(color) == 3 else np.asarray(color, np.float32)[None, None, :]
+        self.rgb *= (1 - alpha)[..., None]
+        self.rgb += col * alpha[..., None]
+        self.a = alpha + self.a * (1 - alpha)
+
+
+def _geometry(identity: dict, attrs: dict) -> dict:
+    """Feature positions and sizes in face units."""
+    R = identity["ratio"]
+    shape = identity["shape"]
+    p, taper = {"oval": (2.0, 0.30), "round": (2.4, 0.18), "square": (3.2, 0.30),
+                "long": (2.2, 0.30)}[shape]
+    if shape == "round":
+        R = min(R, 1.42)
+    if shape == "long":
+        R = max(R, 1.46)
+    if attrs.get("Chubby"):
+        p, taper = 2.6, 0.12
+    if attrs.get("Oval_Face"):
+        p, taper = 2.0, 0.32
+    smile = attrs.get("Smiling", False)
+    opened = attrs.get("Mouth_Slightly_Open", False)
+    big_nose, pointy = attrs.get("Big_Nose", False), attrs.get("Pointy_Nose", False)
+    ny = 0.50 + identity["nose_len"] + (0.05 if big_nose else 0.0)
+    g = dict(
+        R=R, p=p, taper=taper,
+        ex=identity["eye_sep"], ey=0.0, ew=identity["eye_w"],
+        hu=0.40 * (0.62 if attrs.get("Narrow_Eyes") else 1.0) * (0.9 if smile else 1.0),
+        hl=0.27 * (0.6 if attrs.get("Narrow_Eyes") else 1.0) * (0.8 if smile else 1.0),
+        by=identity["brow_y"], ny=ny, nw=1.35 if big_nose else (0.82 if pointy else 1.0),
+        nh=0.30 * (1.25 if big_nose else 1.0) * (1.15 if pointy else 1.0),
+        my=ny + 0.34, mw=identity["mouth_w"] * (1.18 if smile else 1.0),
+        tu=0.060 * (1.5 if attrs.get("Big_Lips") else 1.0),
+        tl=0.080 * (1.45 if attrs.get("Big_Lips") else 1.0),
+        gap=(0.075 if smile else 0.05) if opened else 0.0, smile=0.07 if smile else 0.0,
+    )
+    return g
+
+
+def _half_width(Y, g):
+    """Half width of the head outline at height Y (vectorised)."""
+    R, p, taper = g["R"], g["p"], g["taper"]
+    tu = np.clip(-Y / R, 0, 1)
+    td = np.clip(Y / R, 0, 1)
+    fu = (1 - tu ** 2.3) ** (1 / 2.3)
+    fd = (1 - td ** p) ** (1 / p) * (1 - taper * td ** 2)
+    return np.where(Y < 0, fu, fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# the face patch
+# ------------------------------------------------------------------------------------------------
+def _render_patch(identity, attrs, g, A, rng, light):
+    """Render the upright head into a premultiplied RGBA patch. Returns (layer, origin_px)."""
+    R = g["R"]
+    x_min, x_max = -1.75, 1.75
+    y_min, y_max = -(R + 0.5), 2.7
+    pw = int(math.ceil((x_max - x_min) * A)) + 2
+    ph = int(math.ceil((y_max - y_min) * A)) + 2
+    ox, oy = -x_min * A, -y_min * A
+    X = ((np.arange(pw, dtype=np.float32) - ox) / A)[None, :].repeat(ph, 0)
+    Y = ((np.arange(ph, dtype=np.float32) - oy) / A)[:, None].repeat(pw, 1)
+    AX = np.abs(X)
+    lay = _Layer(ph, pw)
+    skin = np.asarray(identity["skin"], np.float32)
+    hair_col = np.asarray(_HAIR[identity["hair"]], np.float32)
+    if attrs.get("Gray_Hair"):
+        hair_col = np.asarray(_HAIR["gray"], np.float32)
+    lx, ly, lz = light["dir"]
+    amb = light["amb"]
+    def soft(d):
+        return np.clip(d * A + 0.5, 0, 1)
+
+    f = _half_width(Y, g).astype(np.float32)
+    head_in = soft(f - AX) * (Y > -R - 0.02) * (Y < R + 0.02)
+    strand_phase = rng.uniform(0, 2 * np.pi, 4)
+
+    # ---------------- hair texture (shared by back / front hair and beard) ----------------------
+    bald = attrs.get("Bald", False)
+    wavy = attrs.get("Wavy_Hair", False)
+    straight = attrs.get("Straight_Hair", False)
+    length = identity["hair_len"]
+    vol = identity["hair_volume"] * (1.3 if wavy else 1.0)
+    theta = np.arctan2(X - identity["parting"] * 0.3, Y + R + 0.8)
+    rho = np.sqrt((X) ** 2 + (Y + R + 0.8) ** 2)
+    wav = (0.09 * np.sin(rho * 11 + strand_phase[0])) if wavy else 0.0
+    k1, k2, k3 = (60, 97, 151) if straight else (45, 77, 120)
+    strands = (0.5 * np.sin(k1 * (theta + wav) + strand_phase[1])
+               + 0.3 * np.sin(k2 * (theta + wav) + strand_phase[2])
+               + 0.2 * np.sin(k3 * (theta + wav) + strand_phase[3]))
+    nhx = X / (1.0 + vol)
+    nhy = (Y + 0.2) / (R + vol)
+    nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
+    hdiff = np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
+    sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if straight else 0.35)
+    hair_rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.80 + 0.22 * strands))[..., None]
+    hair_rgb += (sheen * 0.25)[..., None] * (hair_col + 0.25)[None, None, :]
+
+    # outer hair outline
+    fh = _half_width(np.minimum(Y, 0) * R / (R + vol), g) * (1 + vol)
+    if wavy:
+        fh = fh + 0.04 * np.sin(Y * 14 + strand_phase[0])
+    if length == "short":
+        y_end = 0.05
+    elif length == "medium":
+        y_end = 1.05
+    else:
+        y_end = 2.35
+    fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (length == "long"), fh)
+    hair_out = soft(fh_side - AX) * soft(Y + R + vol) * soft(y_end - Y + 0.03 * np.sin(X * 20))
+
+    # ---------------- back hair ------------------------------------------------------------------
+    if not bald:
+        lay.over(hair_rgb * 0.85, hair_out)
+    elif not attrs.get("Young", True):
+        fringe = soft(fh_side - AX) * soft(AX - 0.75) * soft(0.15 - Y) * soft(Y + 0.55)
+        lay.over(hair_rgb, fringe * 0.9)
+
+    # ---------------- neck -----------------------------------------------------------------------
+    nwid = 0.50 if attrs.get("Male") else 0.42
+    if attrs.get("Chubby"):
+        nwid += 0.08
+    neck_m = soft(nwid - AX) * soft(Y - 0.5) * soft(y_max - 0.05 - Y)
+    neck_shade = 0.55 + 0.25 * np.clip((Y - R) / 0.5, 0, 1) + 0.15 * np.sqrt(np.clip(1 - (X / nwid) ** 2, 0, 1))
+    neck_shade = neck_shade * (0.9 + 0.1 * (X * lx / nwid))
+    lay.over(skin[None, None, :] * neck_shade[..., None], neck_m)
+
+    # ---------------- ears -----------------------------------------------------------------------
+    ex_ear = float(_half_width(np.float32(0.15), g)) + 0.02
+    ear_d = ((AX - ex_ear) / 0.13) ** 2 + ((Y - 0.17) / 0.26) ** 2
+    ear_m = soft((1 - ear_d) * 0.12) * (AX > ex_ear - 0.1)
+    ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
+    ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
+    ear_vis = ear_m * (1.0 if (length == "short" or bald) else 0.0)
+    if ear_vis is not None and np.any(ear_vis):
+        lay.over(ear_col, ear_vis)
+
+    # ---------------- height map -----------------------------------------------------------------
+    ex, ey, ew = g["ex"], g["ey"], g["ew"]
+    ny, nw, nh = g["ny"], g["nw"], g["nh"]
+    my, mw = g["my"], g["mw"]
+    r2 = np.clip(1 - (X / np.maximum(f, 1e-3)) ** 2, 0, 1)
+    z = 0.85 * np.sqrt(r2) ** 0.9 * np.sqrt(np.clip(1 - (Y / (R * 1.04)) ** 2, 0, 1)) ** 0.6
+    sock = _g(AX, Y, ex, ey - 0.02, 0.24, 0.15)
+    z -= 0.22 * sock
+    z += 0.07 * _g(AX, Y, ex, ey, 0.15, 0.09)  # eyeball under the lids
+    z += 0.11 * _g(AX, Y, ex - 0.02, g["by"] + 0.01, 0.30, 0.07)  # brow ridge
+    z += 0.06 * _g(X, Y, 0, g["by"] + 0.04, 0.12, 0.12)  # glabella
+    t = np.clip((Y + 0.12) / (ny + 0.12), 0, 1)
+    tip_fall = np.exp(-0.5 * (np.clip(Y - ny, 0, None) / 0.05) ** 2)
+    z += nh * (0.25 + 0.75 * t ** 1.4) * tip_fall * np.exp(-0.5 * (X / (0.075 * nw)) ** 2)
+    z += 0.10 * _g(X, Y, 0, ny, 0.09 * nw, 0.07)  # tip
+    z += 0.06 * _g(AX, Y, 0.13 * nw, ny + 0.04, 0.07 * nw, 0.06)  # wings
+    hc = 0.13 if attrs.get("High_Cheekbones") else 0.07
+    z += hc * _g(AX, Y, 0.55, 0.26, 0.22, 0.13)
+    if attrs.get("Chubby"):
+        z += 0.10 * _g(AX, Y, 0.50, 0.60, 0.28, 0.25)
+    z += 0.05 * _g(X, Y, 0, my - 0.04, mw * 0.75, 0.045)  # upper lip
+    z += 0.06 * _g(X, Y, 0, my + g["tl"] * 0.6, mw * 0.6, 0.05)  # lower lip
+    z += 0.07 * _g(X, Y, 0, R - 0.20, 0.22, 0.12)  # chin
+    if attrs.get("Bags_Under_Eyes"):
+        z += 0.03 * _g(AX, Y, ex, ey + 0.17, 0.15, 0.035)
+
+    # ---------------- shading --------------------------------------------------------------------
+    zp = z * A
+    gx = cv2.Sobel(zp, cv2.CV_32F, 1, 0, ksize=3) * 0.125
+    gy = cv2.Sobel(zp, cv2.CV_32F, 0, 1, ksize=3) * 0.125
+    inv = 1.0 / np.sqrt(gx * gx + gy * gy + 1)
+    ndl = (-gx * lx - gy * ly + lz) * inv
+    diff = np.clip(ndl, 0, 1)
+    shade = amb + (1 - amb) * diff
+    lap = cv2.Laplacian(z, cv2.CV_32F, ksize=3) * A * A * 0.25
+    shade *= 1 - np.clip(lap * 0.03, 0, 0.35)
+    hx, hy, hz = lx, ly, lz + 1.0
+    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
+    ndh = np.clip((-gx * hx - gy * hy + hz) * inv / hn, 0, 1)
+    spec = light["spec"] * ndh ** 28
+
+    # ---------------- albedo ---------------------------------------------------------------------
+    alb = np.empty((ph, pw, 3), np.float32)
+    alb[:] = skin
+    if light["tex"] > 0:
+        tex = cv2.resize(rng.standard_normal((max(2, ph // 4), max(2, pw // 4))).astype(np.float32),
+                         (pw, ph), interpolation=cv2.INTER_LINEAR)
+        alb *= (1 + light["tex"] * tex)[..., None]
+    alb *= (1 - 0.20 * _g(AX, Y, ex, ey - 0.03, 0.26, 0.17))[..., None]  # darker sockets
+    alb *= (1 - 0.10 * _g(X, Y, 0, ny + 0.09, 0.20, 0.04))[..., None]  # under the nose
+    nost = _g(AX, Y, 0.065 * nw, ny + 0.07, 0.034 * nw, 0.02)
+    alb *= (1 - 0.75 * nost)[..., None]
+    # nasolabial folds
+    fold_x0, fold_y0, fold_x1, fold_y1 = 0.17 * nw, ny + 0.03, mw + 0.06, my + 0.06
+    tt = np.clip(((AX - fold_x0) * (fold_x1 - fold_x0) + (Y - fold_y0) * (fold_y1 - fold_y0))
+                 / ((fold_x1 - fold_x0) ** 2 + (fold_y1 - fold_y0) ** 2), 0, 1)
+    dd = np.hypot(AX - fold_x0 - tt * (fold_x1 - fold_x0), Y - fold_y0 - tt * (fold_y1 - fold_y0))
+    fold_k = (0.10 + (0.10 if g["smile"] else 0) + (0.08 if not attrs.get("Young", True) else 0))
+    alb *= (1 - fold_k * np.exp(-0.5 * (dd / 0.02) ** 2) * (1 - tt * 0.5))[..., None]
+    if attrs.get("Bags_Under_Eyes"):
+        alb *= (1 - 0.22 * _g(AX, Y, ex, ey + 0.15, 0.15, 0.03))[..., None]
+    if not attrs.get("Young", True):
+        for yy in (-0.52, -0.62, -0.72):
+            alb *= (1 - 0.08 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX))[..., None]
+    if attrs.get("Rosy_Cheeks"):
+        _mix(alb, (0.86, 0.36, 0.38), 0.35 * _g(AX, Y, 0.52, 0.38, 0.18, 0.13))
+    elif attrs.get("Heavy_Makeup"):
+        _mix(alb, (0.85, 0.45, 0.45), 0.12 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
+    if attrs.get("High_Cheekbones"):
+        alb *= (1 - 0.10 * _g(AX, Y, 0.62, 0.50, 0.16, 0.07))[..., None]
+    if attrs.get("Double_Chin"):
+        cy_ = R - 0.05
+        alb *= (1 - 0.25 * np.exp(-0.5 * ((Y - cy_ + 0.25 * X ** 2) / 0.02) ** 2) * soft(0.45 - AX))[..., None]
+
+    # stubble (albedo-level, before shading)
+    beard_low = np.clip((Y - (0.48 + 0.25 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)  # starts low on the cheeks
+    if attrs.get("5_o_Clock_Shadow"):
+        stub = (beard_low * 0.9 + 0.9 * _g(X, Y, 0, my - 0.1, 0.3, 0.05)) * (Y > ny + 0.08)
+        stub_tex = 0.75 + 0.25 * np.sin(X * 173 + Y * 211) * np.sin(X * 97 - Y * 151)
+        _mix(alb, hair_col * 0.6 + 0.04, np.clip(stub, 0, 1) * 0.38 * stub_tex)
+
+    # ---------------- lips -----------------------------------------------------------------------
+    u = np.clip(AX / mw, 0, 1.5)
+    cline = my - g["smile"] * (u ** 2) + 0.012 * (u < 1)
+    gap = g["gap"] * np.sqrt(np.clip(1 - u ** 2, 0, 1))
+    bow = 0.015 * np.exp(-0.5 * ((AX - 0.08) / 0.05) ** 2)
+    up_top = cline - gap / 2 - g["tu"] * np.clip(1 - u ** 2, 0, 1) ** 0.5 - bow
+    lo_bot = cline + gap / 2 + g["tl"] * np.clip(1 - u ** 2, 0, 1) ** 0.7
+    in_x = soft((mw - AX))
+    lip_m = soft(Y - up_top) * soft(lo_bot - Y) * in_x
+    if attrs.get("Wearing_Lipstick"):
+        lipc = np.asarray(identity["clothes"], np.float32)  # deterministic per identity shade
+        lipc = np.array([0.62 + 0.2 * lipc[0], 0.08 + 0.15 * lipc[1], 0.14 + 0.15 * lipc[2]], np.float32)
+        lip_alpha = 0.9
+    else:
+        lipc = skin * np.asarray(identity["lip_tint"], np.float32) * 0.9
+        lip_alpha = 0.95
+    lip_shade = 1 - 0.25 * soft(cline - Y) * soft(Y - up_top)  # upper lip faces down: darker
+    _mix(alb, lipc[None, None, :] * lip_shade[..., None], lip_m * lip_alpha)
+    # mouth opening / line
+    open_m = soft(Y - (cline - gap / 2)) * soft((cline + gap / 2) - Y) * in_x
+    line = np.exp(-0.5 * ((Y - cline) / 0.011) ** 2) * soft(mw + 0.01 - AX)
+    alb *= (1 - 0.6 * line)[..., None]
+    corner = _g(AX, Y, mw, cline - 0.0, 0.025, 0.02)
+    alb *= (1 - 0.35 * corner)[..., None]
+    if g["gap"] > 0:
+        teeth_m = open_m * soft(cline + 0.25 * gap - Y) * soft(0.85 * mw - AX)
+        mouth_in = np.array([0.22, 0.07, 0.07], np.float32)
+        _mix(alb, mouth_in, open_m)
+        _mix(alb, (0.90, 0.88, 0.82), teeth_m * (0.95 if g["smile"] else 0.7))
+
+    # ---------------- eyes -----------------------------------------------------------------------
+    gaze = light["gaze"]
+    ux = (AX - ex) / ew
+    uy = (Y - ey) / ew
+    q = np.clip(1 - ux ** 2, 0, 1)
+    up_lid = -g["hu"] * q ** 0.75 + 0.05 * ux * q  # slightly higher towards the inner corner
+    lo_lid = g["hl"] * q ** 0.9
+    open_e = soft((uy - up_lid) * ew) * soft((lo_lid - uy) * ew)
+    icx = ex + gaze[0] * np.sign(X) * 0.12 * ew
+    ri = 0.43 * ew
+    rr = np.hypot(AX - icx, Y - (ey + gaze[1] * 0.1 * ew + 0.01)) / ri
+    iris_m = soft((1 - rr) * ri)
+    eye_col = np.asarray(identity["eye_color"], np.float32)
+    sclera = np.array([0.80, 0.78, 0.76], np.float32) * 0.95
+    e_rgb = np.empty_like(alb)
+    e_rgb[:] = sclera
+    e_rgb *= (1 - 0.25 * np.clip(np.abs(ux) - 0.3, 0, 1))[..., None]
+    iris_tex = (0.75 + 0.35 * rr) * (1 - 0.5 * np.clip((rr - 0.82) / 0.18, 0, 1))
+    _mix(e_rgb, eye_col[None, None, :] * iris_tex[..., None], iris_m)
+    _mix(e_rgb, (0.02, 0.02, 0.02), soft((0.42 - rr) * ri))
+    # lid shadow on the eyeball
+    e_rgb *= (1 - 0.35 * np.clip(1 - (uy - up_lid) / 0.3, 0, 1))[..., None]
+    _mix(alb, e_rgb, open_e)
+    # lash line, lid crease, lower lid
+    mk = attrs.get("Heavy_Makeup", False)
+    d_up = (uy - up_lid)
+    lash_w = 0.11 if mk else 0.075
+    lash = np.exp(-0.5 * (d_up / lash_w) ** 2) * soft((1.08 - np.abs(ux)) * ew) * (1 + 0.4 * np.clip(ux, 0, 1))
+    wing = (np.exp(-0.5 * ((uy + 0.12 * (ux - 1) + 0.05) / 0.06) ** 2) * soft((ux - 0.95) * ew)
+            * soft((1.35 - ux) * ew)) if mk else 0.0
+    alb *= (1 - 0.88 * np.clip(lash + wing, 0, 1))[..., None]
+    crease = np.exp(-0.5 * ((uy - (up_lid - 0.32 * q ** 0.6 - 0.05)) / 0.07) ** 2) * soft((1.0 - np.abs(ux)) * ew)
+    alb *= (1 - 0.22 * crease)[..., None]
+    lo_line = np.exp(-0.5 * ((uy - lo_lid - 0.03) / 0.05) ** 2) * soft((1.0 - np.abs(ux)) * ew)
+    alb *= (1 - 0.25 * lo_line)[..., None]
+    if mk:
+        shadow_col = np.asarray([0.35 + 0.3 * identity["clothes"][2], 0.25, 0.3 + 0.3 * identity["clothes"][0]], np.float32)
+        lidm = np.clip(-(uy - up_lid) / 0.45, 0, 1) * soft((uy - up_lid + 0.6) * ew) * soft((1.05 - np.abs(ux)) * ew)
+        _mix(alb, shadow_col, 0.35 * lidm * (1 - open_e))
+
+    # ---------------- eyebrows -------------------------------------------------------------------
+    b0, b1 = 0.14, 0.78
+    tb = np.clip((AX - b0) / (b1 - b0), 0, 1)
+    arched = attrs.get("Arched_Eyebrows", False)
+    bushy = attrs.get("Bushy_Eyebrows", False)
+    amp = 0.09 if arched else 0.045
+    peak = 0.62 if arched else 0.5
+    ybc = g["by"] - amp * np.where(tb < peak, np.sin(tb / peak * np.pi / 2), np.clip(np.cos((tb - peak) / (1 - peak) * np.pi / 2), 0, 1) ** 1.5)
+    ybc = ybc + 0.03 * (1 - tb)
+    th = (0.055 if bushy else (0.030 if arched else 0.037)) * (1.15 - 0.55 * tb)
+    brow_m = soft(th - np.abs(Y - ybc)) * soft(AX - b0) * soft(b1 - AX)
+    brow_col = hair_col * 0.55 + 0.02 if identity["hair"] != "black" else hair_col
+    if attrs.get("Blond_Hair") or attrs.get("Gray_Hair"):
+        brow_col = hair_col * 0.5
+    btex = 0.8 + 0.2 * np.sin(X * 150 + Y * 40) if bushy else 1.0
+    _mix(alb, brow_col, brow_m * (0.92 if bushy else 0.8) * btex)
+
+    # ---------------- compose the face -----------------------------------------------------------
+    col = alb * shade[..., None] + (spec * head_in)[..., None] * (1 - open_e)[..., None]
+    # eyes: less affected by the socket darkness; add a catch light
+    col = col * (1 - 0.35 * open_e)[..., None] + alb * (0.35 * 0.85 * open_e)[..., None]
+    catch = _g(AX, Y, icx - 0.25 * ri, ey - 0.3 * ri, 0.06 * ew, 0.06 * ew) * open_e
+    col += (0.7 * catch)[..., None]
+    lay.over(col, head_in)
+
+    # ---------------- beard / mustache / sideburns (on top of skin) ------------------------------
+    beard_m = np.zeros_like(X)
+    if attrs.get("Goatee"):
+        full = attrs.get("Mustache") and attrs.get("Sideburns")
+        if full:
+            reg = beard_low * soft(f + 0.02 - AX)
+        else:
+            reg = soft(0.30 - AX) * soft(Y - (my + g["tl"] + 0.02)) * soft(R + 0.04 - Y)
+            reg = np.maximum(reg, soft(0.06 - np.abs(AX - mw - 0.02)) * soft(Y - my) * soft(my + 0.3 - Y))
+        beard_m = np.maximum(beard_m, reg * soft(R + 0.06 - Y + 0 * X) * (1 - lip_m))
+    if attrs.get("Mustache"):
+        must_top = ny + 0.10
+        must = soft(Y - must_top - 0.02 * (AX / mw) ** 2) * soft(up_top - 0.005 - Y) * soft(mw + 0.05 - AX)
+        must = np.maximum(must, soft(Y - must_top) * soft(cline + 0.04 - Y) * soft(0.035 - np.abs(AX - mw - 0.02)))
+        beard_m = np.maximum(beard_m, must)
+    if attrs.get("Sideburns"):
+        sb = soft(AX - (f - 0.15)) * soft(f + 0.02 - AX) * soft(Y + 0.3) * soft(0.45 - Y)
+        beard_m = np.maximum(beard_m, sb)
+    if np.any(beard_m > 0):
+        bcol = (hair_col * 0.85 + 0.02)[None, None, :] * (shade * (0.85 + 0.2 * strands))[..., None]
+        lay.over(bcol, beard_m * 0.93)
+
+    # ---------------- front hair -----------------------------------------------------------------
+    if not bald:
+        if attrs.get("Bangs"):
+            hl = -0.36 + 0.025 * np.sin(X * 23 + strand_phase[2]) + 0.15 * X ** 2
+        elif attrs.get("Receding_Hairline"):
+            hl = -1.02 + 0.12 * X ** 2 + 0.14 * np.exp(-0.5 * ((AX - 0.42) / 0.14) ** 2)
+        else:
+            hl = -0.82 + 0.30 * X ** 2 + 0.05 * np.abs(X - identity["parting"] * 0.5)
+        side = soft(AX - 0.80) * soft(0.20 - Y) * (length != "short" or True)
+        front = soft(hl - Y) * soft(fh_side - AX) * soft(Y + R + vol)
+        front = np.maximum(front, side * hair_out * soft(AX - f + 0.06))
+        lay.over(hair_rgb, front)
+
+    # ---------------- hat ------------------------------------------------------------------------
+    if attrs.get("Wearing_Hat"):
+        hat_col = np.asarray(light["hat"], np.float32)
+        hline = -0.60 + 0.08 * X ** 2
+        hat_w = _half_width(np.minimum(Y, 0) * R / (R + 0.18), g) * 1.14
+        dome = soft(hline - Y) * soft(hat_w - AX) * soft(Y + R + 0.25)
+        band = soft(hline + 0.02 - Y) * soft(Y - (hline - 0.14)) * soft(1.18 - AX)
+        hshade = 0.35 + 0.65 * hdiff
+        hat_rgb = hat_col[None, None, :] * hshade[..., None]
+        lay.over(hat_rgb, dome)
+        lay.over(hat_rgb * 0.7, band)
+
+    # ---------------- glasses --------------------------------------------------------------------
+    if attrs.get("Eyeglasses"):
+        gcol = np.asarray(light["glasses_col"], np.float32)
+        rx, ry = 0.30, 0.20 if not light["sun"] else 0.23
+        gcy = ey + 0.02
+        se = (np.abs((AX - ex) / rx) ** 3.0 + np.abs((Y - gcy) / ry) ** 3.0) ** (1 / 3.0)
+        thick = light["glasses_th"]
+        lens = soft((1 - se) * ry)
+        frame = soft((1 + thick / ry - se) * ry) * (1 - soft((1 - se) * ry)) 
+        if light["sun"]:
+            lay.rgb *= (1 - 0.55 * lens)[..., None]  # see-through dark tint
+            lay.rgb += (0.04 * lens)[..., None] * gcol
+        else:
+            lay.over(np.full(3, 0.9, np.float32), lens * 0.06)
+        bridge = soft(thick * 0.6 - np.abs(Y - gcy + 0.06)) * soft(ex - rx + 0.01 - AX)
+        temple = soft(thick * 0.6 - np.abs(Y - gcy + 0.08)) * soft(AX - ex - rx + 0.02) * soft(f + 0.06 - AX)
+        lay.over(gcol * (0.8 + 0.2 * shade[..., None]), np.clip(frame + bridge + temple, 0, 1))
+
+    # ---------------- earrings -------------------------------------------------------------------
+    if attrs.get("Wearing_Earrings"):
+        ecol = np.asarray(light["ear_col"], np.float32)
+        elx, ely = ex_ear - 0.02, 0.44
+        if light["hoop"]:
+            dr = np.hypot(AX - elx, Y - ely - 0.09)
+            em = soft(0.025 - np.abs(dr - 0.085))
+        else:
+            dr = np.hypot(AX - elx, Y - ely - 0.03)
+            em = soft(0.05 - dr)
+        eshade = 0.7 + 0.5 * np.clip(-(X - np.sign(X) * elx) * lx * 8 - (Y - ely) * ly * 8, -0.4, 0.6)
+        lay.over(ecol[None, None, :] * eshade[..., None], em)
+
+    return lay, (ox, oy)
+
+
+# ------------------------------------------------------------------------------------------------
+# placing a face on the canvas
+# ------------------------------------------------------------------------------------------------
+def _to_canvas(pts, origin, a, roll):
+    """Face units → canvas pixels: origin + a * Rot(roll) @ pts."""
+    c, s = math.cos(roll), math.sin(roll)
+    pts = np.asarray(pts, np.float64)
+    x = origin[0] + a * (c * pts[..., 0] - s * pts[..., 1])
+    y = origin[1] + a * (s * pts[..., 0] + c * pts[..., 1])
+    return np.stack([x, y], -1)
+
+
+def _face_outline(g):
+    ys = np.linspace(_BOX_TOP, g["R"], 24)
+    hw = _half_width(ys, g) * _BOX_SIDE
+    return np.concatenate([np.stack([-hw, ys], 1), np.stack([hw, ys], 1)])
+
+
+def _sample_light(rng):
+    lx, ly = rng.uniform(-0.55, 0.55), rng.uniform(-0.65, -0.05)
+    n = math.sqrt(lx * lx + ly * ly + 1)
+    sun = bool(rng.random() < 0.25)
+    return {
+        "dir": (lx / n, ly / n, 1 / n), "amb": float(rng.uniform(0.28, 0.45)),
+        "spec": float(rng.uniform(0.04, 0.16)), "tex": float(rng.uniform(0.0, 0.05)),
+        "gaze": (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))),
+        "hat": [float(v) for v in rng.uniform(0.05, 0.85, 3)],
+        "sun": sun,
+        "glasses_col": [float(v) for v in (rng.uniform(0.02, 0.12, 3) if rng.random() < 0.7 else rng.uniform(0.1, 0.6, 3))],
+        "glasses_th": float(rng.uniform(0.03, 0.055)),
+        "ear_col": [0.85, 0.70, 0.30] if rng.random() < 0.6 else [0.80, 0.80, 0.82],
+        "hoop": bool(rng.random() < 0.5),
+        "neckline": str(rng.choice(["v", "round", "high"])),
+        "shirt": [float(v) for v in rng.uniform(0.75, 0.97, 3)],
+        "tie": [float(v) for v in rng.uniform(0.05, 0.7, 3)],
+        "chain": [0.85, 0.72, 0.35] if rng.random() < 0.6 else [0.82, 0.82, 0.85],
+    }
+
+
+def _draw_torso(canvas, origin, a, roll, g, identity, attrs, light, shift=4):
+    """Shoulders, clothes, necktie, necklace: anti-aliased polygons directly on the canvas."""
+    sc = 1 << shift
+    R = g["R"]
+    male = attrs.get("Male", False)
+    sh = 2.0 if male else 1.75
+    top = R + 0.42
+    cloth = np.asarray(identity["clothes"], np.float32)
+    nl = light["neckline"] if not attrs.get("Wearing_Necktie") else "v"
+    vb = {"v": top + 0.75, "round": top + 0.35, "high": top + 0.08}[nl]
+    nwid = (0.50 if male else 0.42) + (0.08 if attrs.get("Chubby") else 0.0)
+    body = [(-nwid - 0.05, top), (-nwid - 0.4, top + 0.12), (-sh + 0.2, top + 0.30), (-sh, top + 0.7),
+            (-sh - 0.2, 12.0), (sh + 0.2, 12.0), (sh, top + 0.7), (sh - 0.2, top + 0.30),
+            (nwid + 0.4, top + 0.12), (nwid + 0.05, top)]
+    if nl == "v":
+        body += [(0.0, vb)]
+    else:
+        body += [(nwid * 0.6, (top + vb) / 2 + 0.03), (0.0, vb), (-nwid * 0.6, (top + vb) / 2 + 0.03)]
+
+    def poly(pts, color):
+        p = _to_canvas(np.asarray(pts), origin, a, roll)
+        p = np.round(p * sc).astype(np.int32)
+        cv2.fillPoly(canvas, [p], tuple(int(v) for v in np.clip(np.asarray(color) * 255, 0, 255)),
+                     lineType=cv2.LINE_AA, shift=shift)
+
+    lx = light["dir"][0]
+    poly(body, cloth * 0.9)
+    # a lit and a shaded half
+    half = [(0, vb), (0, 12.0), ((sh + 0.2) * np.sign(lx or 1), 12.0), ((sh) * np.sign(lx or 1), top + 0.7),
+            ((sh - 0.2) * np.sign(lx or 1), top + 0.30), ((nwid + 0.4) * np.sign(lx or 1), top + 0.12),
+            ((nwid + 0.05) * np.sign(lx or 1), top)]
+    poly(half, np.clip(cloth * 1.05, 0, 1))
+    if attrs.get("Wearing_Necktie"):
+        shirt = np.asarray(light["shirt"], np.float32)
+        poly([(-nwid - 0.02, top - 0.1), (nwid + 0.02, top - 0.1), (0.0, vb)], shirt)
+        poly([(-nwid - 0.02, top - 0.12), (0.0, top + 0.25), (-0.25, top + 0.35)], shirt * 0.92)
+        poly([(nwid + 0.02, top - 0.12), (0.0, top + 0.25), (0.25, top + 0.35)], shirt * 0.92)
+        tie = np.asarray(light["tie"], np.float32)
+        poly([(-0.10, top + 0.02), (0.10, top + 0.02), (0.07, top + 0.18), (-0.07, top + 0.18)], tie * 0.8)
+        poly([(-0.07, top + 0.18), (0.07, top + 0.18), (0.17, top + 1.3), (0.0, top + 1.45),
+              (-0.17, top + 1.3)], tie)
+    if attrs.get("Wearing_Necklace"):
+        chain = np.asarray(light["chain"], np.float32)
+        xs = np.linspace(-nwid * 0.95, nwid * 0.95, 17)
+        ys = top - 0.12 + 0.30 * (1 - (xs / nwid) ** 2)
+        p = _to_canvas(np.stack([xs, ys], 1), origin, a, roll)
+        th = max(1, int(round(a * 0.035)))
+        cv2.polylines(canvas, [np.round(p * sc).astype(np.int32)], False,
+                      tuple(int(v) for v in chain * 255), th, cv2.LINE_AA, shift)
+        pc = _to_canvas(np.array([[0.0, top + 0.26]]), origin, a, roll)[0]
+        cv2.circle(canvas, tuple(int(v) for v in np.round(pc * sc)), int(round(a * 0.07 * sc)),
+                   tuple(int(v) for v in chain * 220), -1, cv2.LINE_AA, shift)
+
+
+def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, identity: dict,
+                attributes: dict, rng: np.random.Generator) -> dict:
+    """Draw one face (with hair, neck and shoulders) into ``canvas`` (H, W, 3 uint8 RGB) in place.
+
+    ``center`` is the centre of the face box, ``face_width`` the cheek-to-cheek width in pixels.
+    Returns {"box": (x0, y0, x1, y1), "landmarks": [[x, y] * 5]} with the box clipped to the canvas and the
+    landmarks in the order left eye (image left), right eye, nose tip, mouth left, mouth right.
+    """
+    Hc, Wc = canvas.shape[:2]
+    g = _geometry(identity, attributes)
+    light = _sample_light(rng)
+    a = face_width / 2.0
+    roll = math.radians(roll_deg)
+    box_mid = (_BOX_TOP + g["R"]) / 2
+    origin = _to_canvas(np.array([0.0, -box_mid]), np.asarray(center, np.float64), a, roll)
+
+    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light)
+
+    # internal resolution: supersample small faces, cap large ones
+    A = float(min(max(a, min(2 * a, 14.0)), _MAX_A))
+    lay, (ox, oy) = _render_patch(identity, attributes, g, A, rng, light)
+    ph, pw = lay.a.shape
+    k = a / A
+    rgba = np.concatenate([lay.rgb, lay.a[..., None]], axis=2)
+    if k < 0.9:
+        s = 0.45 / k
+        rgba = cv2.GaussianBlur(rgba, (0, 0), s)
+    blur_sigma = 0.0
+    if attributes.get("Blurry"):
+        blur_sigma = float(rng.uniform(1.2, 2.2)) * max(1.0, a / 60)
+    # affine map patch → canvas
+    c, s_ = math.cos(roll), math.sin(roll)
+    M = np.array([[k * c, -k * s_, 0.0], [k * s_, k * c, 0.0]])
+    M[:, 2] = origin - M[:, :2] @ np.array([ox, oy])
+    corners = np.array([[0, 0], [pw, 0], [0, ph], [pw, ph]], np.float64)
+    cc = corners @ M[:, :2].T + M[:, 2]
+    pad = int(math.ceil(3 * blur_sigma)) + 2
+    x0 = max(0, int(math.floor(cc[:, 0].min())) - pad)
+    y0 = max(0, int(math.floor(cc[:, 1].min())) - pad)
+    x1 = min(Wc, int(math.ceil(cc[:, 0].max())) + pad)
+    y1 = min(Hc, int(math.ceil(cc[:, 1].max())) + pad)
+    if x1 > x0 and y1 > y0:
+        M2 = M.copy()
+        M2[:, 2] -= (x0, y0)
+        warped = cv2.warpAffine(rgba, M2, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        region = canvas[y0:y1, x0:x1].astype(np.float32) * (1.0 / 255)
+        if blur_sigma > 0:
+            region_bl = region * (1 - warped[..., 3:]) + warped[..., :3]
+            region_bl = cv2.GaussianBlur(region_bl, (0, 0), blur_sigma)
+            alpha = cv2.GaussianBlur(warped[..., 3], (0, 0), blur_sigma * 2)[..., None]
+            out = region * (1 - alpha) + region_bl * alpha
+        else:
+            out = region * (1 - warped[..., 3:]) + warped[..., :3]
+        canvas[y0:y1, x0:x1] = np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+
+    pts = _to_canvas(_face_outline(g), origin, a, roll)
+    bx0, by0 = pts.min(0)
+    bx1, by1 = pts.max(0)
+    box = (float(np.clip(bx0, 0, Wc)), float(np.clip(by0, 0, Hc)), float(np.clip(bx1, 0, Wc)),
+           float(np.clip(by1, 0, Hc)))
+    cl = g["my"] - g["smile"] + 0.012
+    lm_face = np.array([[-g["ex"], g["ey"]], [g["ex"], g["ey"]], [0.0, g["ny"]],
+                        [-g["mw"], cl], [g["mw"], cl]])
+    lms = _to_canvas(lm_face, origin, a, roll)
+    return {"box": box, "landmarks": [[float(x), float(y)] for x, y in lms]}
+
+
+# ------------------------------------------------------------------------------------------------
+# backgrounds, degradations, full images
+# ------------------------------------------------------------------------------------------------
+def _background(rng, h, w):
+    c1, c2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+    yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+    t = np.clip(xx * math.cos(ang) + yy * math.sin(ang) + 0.5, 0, 1)
+    img = (c1[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]) * 255
+    img = img.astype(np.uint8)
+    s = max(h, w)
+    for _ in range(int(rng.integers(2, 10))):
+        kind = rng.integers(5)
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(-s // 8, w)), int(rng.integers(-s // 8, h))
+        if kind == 0:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(s // 16, s // 2)), y + int(rng.integers(s // 16, s // 2))),
+                          col, -1)
+        elif kind == 1:
+            cv2.circle(img, (x, y), int(rng.integers(s // 40 + 1, s // 5)), col, -1, cv2.LINE_AA)
+        elif kind == 2:
+            cv2.line(img, (x, y), (int(rng.integers(0, w)), int(rng.integers(0, h))), col,
+                     int(rng.integers(1, max(2, s // 40))), cv2.LINE_AA)
+        elif kind == 3:
+            pts = rng.integers(-s // 8, s, (int(rng.integers(3, 6)), 2)).astype(np.int32)
+            cv2.fillPoly(img, [pts], col, cv2.LINE_AA)
+        else:  # stripes
+            step = int(rng.integers(max(3, s // 40), max(4, s // 8)))
+            x0 = int(rng.integers(0, w))
+            for xs in range(x0, min(w, x0 + s // 2), step * 2):
+                cv2.rectangle(img, (xs, 0), (xs + step, h), col, -1)
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.8, 3.0)))
+    if rng.random() < 0.5:
+        nz = rng.standard_normal((max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
+        nz = cv2.resize(nz, (w, h), interpolation=cv2.INTER_CUBIC)
+        img = np.clip(img.astype(np.float32) + nz * float(rng.uniform(4, 14)), 0, 255).astype(np.uint8)
+    return img
+
+
+def _degrade(img, kind, rng):
+    h, w = img.shape[:2]
+    if kind == "blur":
+        return cv2.GaussianBlur(img, (0, 0), float(rng.uniform(1.2, 2.5)) * max(1.0, w / 256))
+    if kind == "noise":
+        n = rng.standard_normal(img.shape).astype(np.float32) * float(rng.uniform(6, 18))
+        return np.clip(img.astype(np.float32) + n, 0, 255).astype(np.uint8)
+    if kind == "jpeg":
+        q = int(rng.integers(12, 35))
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+    if kind == "lowlight":
+        gain = float(rng.uniform(0.25, 0.45))
+        f = (img.astype(np.float32) / 255) ** 1.3 * gain * 255
+        f += rng.standard_normal(img.shape).astype(np.float32) * float(rng.uniform(2, 5))
+        return np.clip(f, 0, 255).astype(np.uint8)
+    if kind == "lowres":
+        fct = float(rng.uniform(2.5, 4.0))
+        small = cv2.resize(img, (max(8, int(w / fct)), max(8, int(h / fct))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    raise ValueError(f"unknown degradation {kind!r}")
+
+
+def _overlap(b, boxes, frac=0.15):
+    for o in boxes:
+        ix = max(0.0, min(b[2], o[2]) - max(b[0], o[0]))
+        iy = max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
+        if ix * iy > frac * min((b[2] - b[0]) * (b[3] - b[1]), (o[2] - o[0]) * (o[3] - o[1])):
+            return True
+    return False
+
+
+def render_image(rng: np.random.Generator, *, size: int = 256, n_faces=1, face_scale=(0.35, 0.6),
+                 degrade: str | None = None, identities=None, roll_range: float = 12.0):
+    """A full RGB image with ``n_faces`` faces (int, or (lo, hi) inclusive range) on a cluttered background.
+
+    Returns (image uint8 (size, size, 3), faces) where every face is a dict with "box", "landmarks",
+    "attributes" and "identity_id".  ``identities`` (optional) is a sequence of identity dicts used in order.
+    Faces that cannot be placed without large overlap are dropped (so len(faces) may be < n_faces).
+    ``degrade`` is one of DEGRADATIONS (applied to the whole image; "blur"/"lowres" mark faces Blurry).
+    """
+    h = w = int(size)
+    if not isinstance(n_faces, (int, np.integer)):
+        n_faces = int(rng.integers(n_faces[0], n_faces[1] + 1))
+    img = _background(rng, h, w)
+    plans, boxes = [], []
+    for i in range(int(n_faces)):
+        ident = identities[i] if identities is not None and i < len(identities) else sample_identity(rng)
+        attrs = sample_attributes(rng, ident)
+        if degrade in ("blur", "lowres"):
+            attrs["Blurry"] = True
+        elif degrade is not None:
+            attrs["Blurry"] = False
+        for _try in range(25):
+            fw = float(rng.uniform(face_scale[0], face_scale[1])) * w
+            R = ident["ratio"]
+            bh = fw * (R - _BOX_TOP) / 2
+            cx = float(rng.uniform(0.55 * fw, w - 0.55 * fw)) if w > 1.1 * fw else w / 2
+            cy = float(rng.uniform(0.55 * bh + 0.15 * fw, h - 0.55 * bh)) if h > 1.1 * bh + 0.15 * fw else h / 2
+            # generous footprint: hair above, a little to the sides
+            fp = (cx - 0.75 * fw, cy - 0.5 * bh - 0.35 * fw, cx + 0.75 * fw, cy + 0.5 * bh + 0.1 * fw)
+            if not _overlap(fp, boxes):
+                boxes.append(fp)
+                plans.append((cy, cx, fw, ident, attrs))
+                break
+    plans.sort(key=lambda p: p[0])  # top to bottom: lower heads drawn over higher torsos
+    faces = []
+    for cy, cx, fw, ident, attrs in plans:
+        roll = float(rng.uniform(-roll_range, roll_range))
+        out = render_face(img, (cx, cy), fw, roll, ident, attrs, rng)
+        faces.append({"box": out["box"], "landmarks": out["landmarks"], "attributes": attrs,
+                      "identity_id": ident.get("id")})
+    if degrade is not None:
+        img = _degrade(img, degrade, rng)
+    return img, faces
+
+
+def render_aligned(rng: np.random.Generator, identity: dict, attributes: dict, size: int = 112):
+    """A face centred and upright at a canonical position (face width = 0.62 * size) on a plain,
+    softly graded background, for the labelled training split.  Returns (image, face dict)."""
+    c1 = rng.uniform(0.2, 0.9, 3)
+    t = np.linspace(0.9, 1.1, size, dtype=np.float32)[:, None, None]
+    img = np.clip(c1[None, None, :] * t * 255, 0, 255).astype(np.uint8).repeat(size, 1)
+    fw = 0.62 * size
+    R = identity["ratio"]
+    cy = size * 0.52
+    out = render_face(img, (size / 2, cy), fw, 0.0, identity, attributes, rng)
+    del R
+    return img, {"box": out["box"], "landmarks": out["landmarks"], "attributes": dict(attributes),
+                 "identity_id": identity.get("id")}

@@ -28,7 +28,8 @@ def render(cfg: dict, config_files: list[str]) -> str:
     for f in config_files:
         present |= set(yaml.safe_load(Path(f).read_text()) or {})
     stages: dict = {}
-    for name, st in W.STAGES.items():
+    for name in W.needed_stages(cfg):
+        st = W.STAGES[name]
         body: dict = {}
         extra = "".join(f" --config {c}" for c in config_files if c != "config.yaml")
         if st.per_shard:

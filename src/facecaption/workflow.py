@@ -155,3 +155,25 @@ def stage_outs(name: str, shard: str | None = None) -> list[str]:
 
 def report_dir(name: str) -> str:
     return f"{R}/reports/{name}"
+
+
+def needed_stages(cfg: dict) -> list[str]:
+    """The stages the paper needs under this config (in registry order): the DAG Snakemake will plan."""
+    shards = shard_ids(cfg)
+    producer = {}
+    for name, st in STAGES.items():
+        for sh in shards if st.per_shard else [None]:
+            for out in stage_outs(name, sh):
+                producer[out] = (name, sh)
+    seen: set = set()
+    stack = [("paper", None)]
+    while stack:
+        job = stack.pop()
+        if job in seen:
+            continue
+        seen.add(job)
+        for dep in stage_deps(job[0], cfg, job[1], shards):
+            if dep in producer:
+                stack.append(producer[dep])
+    names = {name for name, _ in seen}
+    return [name for name in STAGES if name in names]

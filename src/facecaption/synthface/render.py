@@ -178,18 +178,24 @@ def _mix(col, c, m):
 
 
 class _Layer:
-    """Premultiplied RGBA accumulation buffer for the face patch."""
+    """Premultiplied RGBA accumulation buffer for the face patch; ``over`` composites into a window."""
 
     def __init__(self, h, w):
         self.rgb = np.zeros((h, w, 3), np.float32)
         self.a = np.zeros((h, w), np.float32)
 
-    def over(self, color, alpha):
+    def over(self, color, alpha, win):
+        rs, cs = win
         alpha = np.clip(alpha, 0, 1).astype(np.float32)
+        h, w = self.a[rs, cs].shape
+        alpha = np.broadcast_to(alpha, (h, w))
         col = color if np.ndim(color) == 3 else np.asarray(color, np.float32)[None, None, :]
-        self.rgb *= (1 - alpha)[..., None]
-        self.rgb += col * alpha[..., None]
-        self.a = alpha + self.a * (1 - alpha)
+        rgb = self.rgb[rs, cs]
+        rgb *= (1 - alpha)[..., None]
+        rgb += col * alpha[..., None]
+        a = self.a[rs, cs]
+        a *= 1 - alpha
+        a += alpha
 
 
 def _geometry(identity: dict, attrs: dict) -> dict:
@@ -239,16 +245,33 @@ def _half_width(Y, g):
 # the face patch
 # ------------------------------------------------------------------------------------------------
 def _render_patch(identity, attrs, g, A, rng, light):
-    """Render the upright head into a premultiplied RGBA patch. Returns (layer, origin_px)."""
+    """Render the upright head into a premultiplied RGBA patch. Returns (layer, origin_px).
+
+    Coordinates are kept as broadcasting 1-D grids (X is (1, w), Y is (h, 1)) and every layer is
+    computed only inside its own window of the patch, which keeps the cost low."""
     R = g["R"]
     x_min, x_max = -1.75, 1.75
     y_min, y_max = -(R + 0.5), 2.7
     pw = int(math.ceil((x_max - x_min) * A)) + 2
     ph = int(math.ceil((y_max - y_min) * A)) + 2
     ox, oy = -x_min * A, -y_min * A
-    X = ((np.arange(pw, dtype=np.float32) - ox) / A)[None, :].repeat(ph, 0)
-    Y = ((np.arange(ph, dtype=np.float32) - oy) / A)[:, None].repeat(pw, 1)
-    AX = np.abs(X)
+    xs = (np.arange(pw, dtype=np.float32) - ox) / A
+    ys = (np.arange(ph, dtype=np.float32) - oy) / A
+
+    def win(x0, x1, y0, y1):
+        c0, c1 = max(0, int(ox + x0 * A)), min(pw, int(math.ceil(ox + x1 * A)) + 1)
+        r0, r1 = max(0, int(oy + y0 * A)), min(ph, int(math.ceil(oy + y1 * A)) + 1)
+        rs, cs = slice(r0, r1), slice(c0, c1)
+        X = xs[cs][None, :]
+        Y = ys[rs][:, None]
+        return (rs, cs), X, Y, np.abs(X)
+
+    def soft(d):
+        return np.clip(d * A + 0.5, 0, 1)
+
+    def fuzzy(d, w=0.035):
+        return np.clip(d / w + 0.5, 0, 1)
+
     lay = _Layer(ph, pw)
     skin = np.asarray(identity["skin"], np.float32)
     hair_col = np.asarray(_HAIR[identity["hair"]], np.float32)
@@ -256,87 +279,95 @@ def _render_patch(identity, attrs, g, A, rng, light):
         hair_col = np.asarray(_HAIR["gray"], np.float32)
     lx, ly, lz = light["dir"]
     amb = light["amb"]
-    def soft(d):
-        return np.clip(d * A + 0.5, 0, 1)
+    ph4 = rng.uniform(0, 2 * np.pi, 4)
 
-    f = _half_width(Y, g).astype(np.float32)
-    head_in = soft(f - AX) * (Y > -R - 0.02) * (Y < R + 0.02)
-    strand_phase = rng.uniform(0, 2 * np.pi, 4)
-
-    # ---------------- hair texture (shared by back / front hair and beard) ----------------------
     bald = attrs.get("Bald", False)
     wavy = attrs.get("Wavy_Hair", False)
     straight = attrs.get("Straight_Hair", False)
     length = identity["hair_len"]
     vol = identity["hair_volume"] * (1.3 if wavy else 1.0)
-    theta = np.arctan2(X - identity["parting"] * 0.3, Y + R + 0.8)
-    rho = np.sqrt((X) ** 2 + (Y + R + 0.8) ** 2)
-    wav = (0.09 * np.sin(rho * 11 + strand_phase[0])) if wavy else 0.0
+    y_end = {"short": 0.05, "medium": 1.05, "long": 2.35}[length]
     k1, k2, k3 = (60, 97, 151) if straight else (45, 77, 120)
-    strands = (0.5 * np.sin(k1 * (theta + wav) + strand_phase[1])
-               + 0.3 * np.sin(k2 * (theta + wav) + strand_phase[2])
-               + 0.2 * np.sin(k3 * (theta + wav) + strand_phase[3]))
-    nhx = X / (1.0 + vol)
-    nhy = (Y + 0.2) / (R + vol)
-    nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
-    hdiff = np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
-    sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if straight else 0.35)
-    hair_rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.80 + 0.22 * strands))[..., None]
-    hair_rgb += (sheen * 0.25)[..., None] * (hair_col + 0.25)[None, None, :]
 
-    # outer hair outline
-    fh = _half_width(np.minimum(Y, 0) * R / (R + vol), g) * (1 + vol)
-    if wavy:
-        fh = fh + 0.04 * np.sin(Y * 14 + strand_phase[0])
-    if length == "short":
-        y_end = 0.05
-    elif length == "medium":
-        y_end = 1.05
-    else:
-        y_end = 2.35
-    fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (length == "long"), fh)
-    hair_out = soft(fh_side - AX) * soft(Y + R + vol) * soft(y_end - Y + 0.03 * np.sin(X * 20))
+    def hair_tex(X, Y):
+        """Strand pattern flowing down from the crown, in [-1, 1]."""
+        theta = np.arctan2(X - identity["parting"] * 0.3, Y + R + 0.8)
+        if wavy:
+            rho = np.sqrt(X ** 2 + (Y + R + 0.8) ** 2)
+            theta = theta + 0.09 * np.sin(rho * 11 + ph4[0])
+        return (0.5 * np.sin(k1 * theta + ph4[1]) + 0.3 * np.sin(k2 * theta + ph4[2])
+                + 0.2 * np.sin(k3 * theta + ph4[3]))
 
+    def hair_rgb(X, Y):
+        strands = hair_tex(X, Y)
+        nhx = X / (1.0 + vol)
+        nhy = (Y + 0.2) / (R + vol)
+        nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
+        hdiff = np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
+        sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if straight else 0.35)
+        rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.80 + 0.22 * strands))[..., None]
+        rgb += (sheen * 0.25)[..., None] * (hair_col + 0.25)[None, None, :]
+        return rgb, strands, hdiff
+
+    def hair_outline(X, Y, AX):
+        fh = _half_width(np.minimum(Y, 0) * R / (R + vol), g) * (1 + vol)
+        if wavy:
+            fh = fh + 0.04 * np.sin(Y * 14 + ph4[0])
+        fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (length == "long"), fh)
+        return fh_side, soft(fh_side - AX) * soft(Y + R + vol) * soft(y_end - Y + 0.03 * np.sin(X * 20))
+
+    hx_max = 1.0 + vol + 0.12 * 2.4 + 0.06
     # ---------------- back hair ------------------------------------------------------------------
     if not bald:
-        lay.over(hair_rgb * 0.85, hair_out)
+        w_, X, Y, AX = win(-hx_max, hx_max, -R - vol - 0.05, y_end + 0.08)
+        rgb, _, _ = hair_rgb(X, Y)
+        _, out = hair_outline(X, Y, AX)
+        lay.over(rgb * 0.85, out, w_)
     elif not attrs.get("Young", True):
+        w_, X, Y, AX = win(-hx_max, hx_max, -0.6, 0.2)
+        rgb, _, _ = hair_rgb(X, Y)
+        fh_side, _ = hair_outline(X, Y, AX)
         fringe = soft(fh_side - AX) * soft(AX - 0.75) * soft(0.15 - Y) * soft(Y + 0.55)
-        lay.over(hair_rgb, fringe * 0.9)
+        lay.over(rgb, fringe * 0.9, w_)
 
     # ---------------- neck -----------------------------------------------------------------------
-    nwid = 0.50 if attrs.get("Male") else 0.42
-    if attrs.get("Chubby"):
-        nwid += 0.08
+    nwid = (0.50 if attrs.get("Male") else 0.42) + (0.08 if attrs.get("Chubby") else 0.0)
+    w_, X, Y, AX = win(-nwid - 0.05, nwid + 0.05, 0.5, y_max)
     neck_m = soft(nwid - AX) * soft(Y - 0.5) * soft(y_max - 0.05 - Y)
-    neck_shade = 0.55 + 0.25 * np.clip((Y - R) / 0.5, 0, 1) + 0.15 * np.sqrt(np.clip(1 - (X / nwid) ** 2, 0, 1))
-    neck_shade = neck_shade * (0.9 + 0.1 * (X * lx / nwid))
-    lay.over(skin[None, None, :] * neck_shade[..., None], neck_m)
+    neck_shade = (0.55 + 0.25 * np.clip((Y - R) / 0.5, 0, 1)
+                  + 0.15 * np.sqrt(np.clip(1 - (X / nwid) ** 2, 0, 1))) * (0.9 + 0.1 * (X * lx / nwid))
+    lay.over(skin[None, None, :] * neck_shade[..., None], neck_m, w_)
 
     # ---------------- ears -----------------------------------------------------------------------
     ex_ear = float(_half_width(np.float32(0.15), g)) + 0.02
-    ear_d = ((AX - ex_ear) / 0.13) ** 2 + ((Y - 0.17) / 0.26) ** 2
-    ear_m = soft((1 - ear_d) * 0.12) * (AX > ex_ear - 0.1)
-    ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
-    ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
-    ear_vis = ear_m * (1.0 if (length == "short" or bald) else 0.0)
-    if ear_vis is not None and np.any(ear_vis):
-        lay.over(ear_col, ear_vis)
+    if length == "short" or bald:
+        w_, X, Y, AX = win(-ex_ear - 0.2, ex_ear + 0.2, -0.15, 0.5)
+        ear_d = ((AX - ex_ear) / 0.13) ** 2 + ((Y - 0.17) / 0.26) ** 2
+        ear_m = soft((1 - ear_d) * 0.12) * (AX > ex_ear - 0.1)
+        ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
+        ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
+        lay.over(ear_col, ear_m, w_)
 
-    # ---------------- height map -----------------------------------------------------------------
+    # ---------------- face window ----------------------------------------------------------------
+    dchin = 0.0
+    wf, X, Y, AX = win(-1.14, 1.14, -R - 0.04, R + 0.1)
+    fh_, fw_ = Y.shape[0], X.shape[1]
+    f = _half_width(Y, g).astype(np.float32)
+    head_in = soft(f - AX) * (Y > -R - 0.02) * (Y < R + 0.02)
+
+    # height map (face units)
     ex, ey, ew = g["ex"], g["ey"], g["ew"]
     ny, nw, nh = g["ny"], g["nw"], g["nh"]
     my, mw = g["my"], g["mw"]
     r2 = np.clip(1 - (X / np.maximum(f, 1e-3)) ** 2, 0, 1)
-    z = 0.85 * np.sqrt(r2) ** 0.9 * np.sqrt(np.clip(1 - (Y / (R * 1.04)) ** 2, 0, 1)) ** 0.6
-    sock = _g(AX, Y, ex, ey - 0.02, 0.24, 0.15)
-    z -= 0.22 * sock
+    z = 0.85 * np.sqrt(r2) ** 0.9 * (np.sqrt(np.clip(1 - (Y / (R * 1.04)) ** 2, 0, 1)) ** 0.6)
+    z = z - 0.22 * _g(AX, Y, ex, ey - 0.02, 0.24, 0.15)  # eye sockets
     z += 0.07 * _g(AX, Y, ex, ey, 0.15, 0.09)  # eyeball under the lids
     z += 0.11 * _g(AX, Y, ex - 0.02, g["by"] + 0.01, 0.30, 0.07)  # brow ridge
     z += 0.06 * _g(X, Y, 0, g["by"] + 0.04, 0.12, 0.12)  # glabella
     t = np.clip((Y + 0.12) / (ny + 0.12), 0, 1)
     tip_fall = np.exp(-0.5 * (np.clip(Y - ny, 0, None) / 0.05) ** 2)
-    z += nh * (0.25 + 0.75 * t ** 1.4) * tip_fall * np.exp(-0.5 * (X / (0.075 * nw)) ** 2)
+    z += nh * (0.2 + 0.8 * t ** 1.6) * tip_fall * np.exp(-0.5 * (X / (0.08 * nw)) ** 2)  # bridge
     z += 0.10 * _g(X, Y, 0, ny, 0.09 * nw, 0.07)  # tip
     z += 0.06 * _g(AX, Y, 0.13 * nw, ny + 0.04, 0.07 * nw, 0.06)  # wings
     hc = 0.13 if attrs.get("High_Cheekbones") else 0.07
@@ -348,234 +379,237 @@ def _render_patch(identity, attrs, g, A, rng, light):
     z += 0.07 * _g(X, Y, 0, R - 0.20, 0.22, 0.12)  # chin
     if attrs.get("Bags_Under_Eyes"):
         z += 0.03 * _g(AX, Y, ex, ey + 0.17, 0.15, 0.035)
+    z = z.astype(np.float32)
 
-    # ---------------- shading --------------------------------------------------------------------
+    # shading: normals from the height map, diffuse + ambient, creases, specular
     zp = z * A
     gx = cv2.Sobel(zp, cv2.CV_32F, 1, 0, ksize=3) * 0.125
     gy = cv2.Sobel(zp, cv2.CV_32F, 0, 1, ksize=3) * 0.125
     inv = 1.0 / np.sqrt(gx * gx + gy * gy + 1)
-    ndl = (-gx * lx - gy * ly + lz) * inv
-    diff = np.clip(ndl, 0, 1)
-    shade = amb + (1 - amb) * diff
-    lap = cv2.Laplacian(z, cv2.CV_32F, ksize=3) * A * A * 0.25
+    shade = amb + (1 - amb) * np.clip((-gx * lx - gy * ly + lz) * inv, 0, 1)
+    lap = cv2.Laplacian(z, cv2.CV_32F, ksize=3) * (A * A * 0.25)
     shade *= 1 - np.clip(lap * 0.03, 0, 0.35)
     hx, hy, hz = lx, ly, lz + 1.0
     hn = math.sqrt(hx * hx + hy * hy + hz * hz)
-    ndh = np.clip((-gx * hx - gy * hy + hz) * inv / hn, 0, 1)
+    ndh = np.clip((-gx * hx - gy * hy + hz) * (inv / hn), 0, 1)
     spec = light["spec"] * ndh ** 28
 
-    # ---------------- albedo ---------------------------------------------------------------------
-    alb = np.empty((ph, pw, 3), np.float32)
+    # albedo
+    alb = np.empty((fh_, fw_, 3), np.float32)
     alb[:] = skin
+    dark = np.ones((fh_, fw_), np.float32)  # multiplicative darkening, applied once
     if light["tex"] > 0:
-        tex = cv2.resize(rng.standard_normal((max(2, ph // 4), max(2, pw // 4))).astype(np.float32),
-                         (pw, ph), interpolation=cv2.INTER_LINEAR)
-        alb *= (1 + light["tex"] * tex)[..., None]
-    alb *= (1 - 0.20 * _g(AX, Y, ex, ey - 0.03, 0.26, 0.17))[..., None]  # darker sockets
-    alb *= (1 - 0.10 * _g(X, Y, 0, ny + 0.09, 0.20, 0.04))[..., None]  # under the nose
-    nost = _g(AX, Y, 0.065 * nw, ny + 0.07, 0.034 * nw, 0.02)
-    alb *= (1 - 0.75 * nost)[..., None]
+        tex = cv2.resize(rng.standard_normal((max(2, fh_ // 4), max(2, fw_ // 4))).astype(np.float32),
+                         (fw_, fh_), interpolation=cv2.INTER_LINEAR)
+        dark *= 1 + light["tex"] * tex
+    dark *= 1 - 0.20 * _g(AX, Y, ex, ey - 0.03, 0.26, 0.17)  # darker sockets
+    dark *= 1 - 0.10 * _g(X, Y, 0, ny + 0.09, 0.20, 0.04)  # under the nose
+    dark *= 1 - 0.75 * _g(AX, Y, 0.065 * nw, ny + 0.07, 0.034 * nw, 0.02)  # nostrils
     # nasolabial folds
-    fold_x0, fold_y0, fold_x1, fold_y1 = 0.17 * nw, ny + 0.03, mw + 0.06, my + 0.06
-    tt = np.clip(((AX - fold_x0) * (fold_x1 - fold_x0) + (Y - fold_y0) * (fold_y1 - fold_y0))
-                 / ((fold_x1 - fold_x0) ** 2 + (fold_y1 - fold_y0) ** 2), 0, 1)
-    dd = np.hypot(AX - fold_x0 - tt * (fold_x1 - fold_x0), Y - fold_y0 - tt * (fold_y1 - fold_y0))
-    fold_k = (0.10 + (0.10 if g["smile"] else 0) + (0.08 if not attrs.get("Young", True) else 0))
-    alb *= (1 - fold_k * np.exp(-0.5 * (dd / 0.02) ** 2) * (1 - tt * 0.5))[..., None]
+    fx0, fy0, fx1, fy1 = 0.17 * nw, ny + 0.03, mw + 0.06, my + 0.06
+    tt = np.clip(((AX - fx0) * (fx1 - fx0) + (Y - fy0) * (fy1 - fy0)) / ((fx1 - fx0) ** 2 + (fy1 - fy0) ** 2), 0, 1)
+    dd = np.hypot(AX - fx0 - tt * (fx1 - fx0), Y - fy0 - tt * (fy1 - fy0))
+    fold_k = 0.10 + (0.10 if g["smile"] else 0) + (0.08 if not attrs.get("Young", True) else 0)
+    dark *= 1 - fold_k * np.exp(-0.5 * (dd / 0.02) ** 2) * (1 - tt * 0.5)
     if attrs.get("Bags_Under_Eyes"):
-        alb *= (1 - 0.22 * _g(AX, Y, ex, ey + 0.15, 0.15, 0.03))[..., None]
+        dark *= 1 - 0.22 * _g(AX, Y, ex, ey + 0.15, 0.15, 0.03)
     if not attrs.get("Young", True):
         for yy in (-0.52, -0.62, -0.72):
-            alb *= (1 - 0.08 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX))[..., None]
+            dark *= 1 - 0.08 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX)
+    if attrs.get("High_Cheekbones"):
+        dark *= 1 - 0.10 * _g(AX, Y, 0.62, 0.50, 0.16, 0.07)
+    if attrs.get("Double_Chin"):
+        dark *= 1 - 0.25 * np.exp(-0.5 * ((Y - (R - 0.05) + 0.25 * X ** 2) / 0.02) ** 2) * soft(0.45 - AX)
     if attrs.get("Rosy_Cheeks"):
         _mix(alb, (0.86, 0.36, 0.38), 0.35 * _g(AX, Y, 0.52, 0.38, 0.18, 0.13))
     elif attrs.get("Heavy_Makeup"):
         _mix(alb, (0.85, 0.45, 0.45), 0.12 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
-    if attrs.get("High_Cheekbones"):
-        alb *= (1 - 0.10 * _g(AX, Y, 0.62, 0.50, 0.16, 0.07))[..., None]
-    if attrs.get("Double_Chin"):
-        cy_ = R - 0.05
-        alb *= (1 - 0.25 * np.exp(-0.5 * ((Y - cy_ + 0.25 * X ** 2) / 0.02) ** 2) * soft(0.45 - AX))[..., None]
 
-    # stubble (albedo-level, before shading)
-    beard_low = np.clip((Y - (0.48 + 0.25 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)  # starts low on the cheeks
+    # stubble: starts low on the cheeks
+    beard_low = np.clip((Y - (0.50 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)
     if attrs.get("5_o_Clock_Shadow"):
-        stub = (beard_low * 0.9 + 0.9 * _g(X, Y, 0, my - 0.1, 0.3, 0.05)) * (Y > ny + 0.08)
+        stub = np.clip(beard_low + 0.9 * _g(X, Y, 0, my - 0.1, 0.3, 0.05) * (Y > ny + 0.08), 0, 1)
         stub_tex = 0.75 + 0.25 * np.sin(X * 173 + Y * 211) * np.sin(X * 97 - Y * 151)
-        _mix(alb, hair_col * 0.6 + 0.04, np.clip(stub, 0, 1) * 0.38 * stub_tex)
+        _mix(alb, hair_col * 0.6 + 0.04, stub * 0.38 * stub_tex)
 
-    # ---------------- lips -----------------------------------------------------------------------
+    # lips and mouth
     u = np.clip(AX / mw, 0, 1.5)
+    q_m = np.clip(1 - u ** 2, 0, 1)
     cline = my - g["smile"] * (u ** 2) + 0.012 * (u < 1)
-    gap = g["gap"] * np.sqrt(np.clip(1 - u ** 2, 0, 1))
+    gap = g["gap"] * np.sqrt(q_m)
     bow = 0.015 * np.exp(-0.5 * ((AX - 0.08) / 0.05) ** 2)
-    up_top = cline - gap / 2 - g["tu"] * np.clip(1 - u ** 2, 0, 1) ** 0.5 - bow
-    lo_bot = cline + gap / 2 + g["tl"] * np.clip(1 - u ** 2, 0, 1) ** 0.7
-    in_x = soft((mw - AX))
+    up_top = cline - gap / 2 - g["tu"] * q_m ** 0.5 - bow
+    lo_bot = cline + gap / 2 + g["tl"] * q_m ** 0.7
+    in_x = soft(mw - AX)
     lip_m = soft(Y - up_top) * soft(lo_bot - Y) * in_x
     if attrs.get("Wearing_Lipstick"):
-        lipc = np.asarray(identity["clothes"], np.float32)  # deterministic per identity shade
-        lipc = np.array([0.62 + 0.2 * lipc[0], 0.08 + 0.15 * lipc[1], 0.14 + 0.15 * lipc[2]], np.float32)
-        lip_alpha = 0.9
+        c = identity["clothes"]
+        lipc = np.array([0.62 + 0.2 * c[0], 0.08 + 0.15 * c[1], 0.14 + 0.15 * c[2]], np.float32)
     else:
         lipc = skin * np.asarray(identity["lip_tint"], np.float32) * 0.9
-        lip_alpha = 0.95
-    lip_shade = 1 - 0.25 * soft(cline - Y) * soft(Y - up_top)  # upper lip faces down: darker
-    _mix(alb, lipc[None, None, :] * lip_shade[..., None], lip_m * lip_alpha)
-    # mouth opening / line
-    open_m = soft(Y - (cline - gap / 2)) * soft((cline + gap / 2) - Y) * in_x
-    line = np.exp(-0.5 * ((Y - cline) / 0.011) ** 2) * soft(mw + 0.01 - AX)
-    alb *= (1 - 0.6 * line)[..., None]
-    corner = _g(AX, Y, mw, cline - 0.0, 0.025, 0.02)
-    alb *= (1 - 0.35 * corner)[..., None]
+    lip_shade = 1 - 0.25 * soft(cline - Y) * soft(Y - up_top)  # the upper lip faces down: darker
+    _mix(alb, lipc[None, None, :] * lip_shade[..., None], lip_m * 0.92)
+    dark *= 1 - 0.6 * np.exp(-0.5 * ((Y - cline) / 0.011) ** 2) * soft(mw + 0.01 - AX)  # mouth line
+    dark *= 1 - 0.35 * _g(AX, Y, mw, cline, 0.025, 0.02)  # corners
     if g["gap"] > 0:
+        open_m = soft(Y - (cline - gap / 2)) * soft((cline + gap / 2) - Y) * in_x
         teeth_m = open_m * soft(cline + 0.25 * gap - Y) * soft(0.85 * mw - AX)
-        mouth_in = np.array([0.22, 0.07, 0.07], np.float32)
-        _mix(alb, mouth_in, open_m)
+        _mix(alb, (0.22, 0.07, 0.07), open_m)
         _mix(alb, (0.90, 0.88, 0.82), teeth_m * (0.95 if g["smile"] else 0.7))
 
-    # ---------------- eyes -----------------------------------------------------------------------
+    # eyes: almond opening, iris, pupil, greyish sclera, lash line, lid crease
     gaze = light["gaze"]
     ux = (AX - ex) / ew
     uy = (Y - ey) / ew
     q = np.clip(1 - ux ** 2, 0, 1)
-    up_lid = -g["hu"] * q ** 0.75 + 0.05 * ux * q  # slightly higher towards the inner corner
+    up_lid = -g["hu"] * q ** 0.75 + 0.05 * ux * q
     lo_lid = g["hl"] * q ** 0.9
     open_e = soft((uy - up_lid) * ew) * soft((lo_lid - uy) * ew)
     icx = ex + gaze[0] * np.sign(X) * 0.12 * ew
     ri = 0.43 * ew
-    rr = np.hypot(AX - icx, Y - (ey + gaze[1] * 0.1 * ew + 0.01)) / ri
+    icy = ey + gaze[1] * 0.1 * ew + 0.01
+    rr = np.hypot(AX - icx, Y - icy) / ri
     iris_m = soft((1 - rr) * ri)
     eye_col = np.asarray(identity["eye_color"], np.float32)
-    sclera = np.array([0.80, 0.78, 0.76], np.float32) * 0.95
     e_rgb = np.empty_like(alb)
-    e_rgb[:] = sclera
+    e_rgb[:] = np.array([0.76, 0.74, 0.72], np.float32)
     e_rgb *= (1 - 0.25 * np.clip(np.abs(ux) - 0.3, 0, 1))[..., None]
     iris_tex = (0.75 + 0.35 * rr) * (1 - 0.5 * np.clip((rr - 0.82) / 0.18, 0, 1))
     _mix(e_rgb, eye_col[None, None, :] * iris_tex[..., None], iris_m)
     _mix(e_rgb, (0.02, 0.02, 0.02), soft((0.42 - rr) * ri))
-    # lid shadow on the eyeball
-    e_rgb *= (1 - 0.35 * np.clip(1 - (uy - up_lid) / 0.3, 0, 1))[..., None]
+    e_rgb *= (1 - 0.35 * np.clip(1 - (uy - up_lid) / 0.3, 0, 1))[..., None]  # lid shadow
     _mix(alb, e_rgb, open_e)
-    # lash line, lid crease, lower lid
     mk = attrs.get("Heavy_Makeup", False)
-    d_up = (uy - up_lid)
+    d_up = uy - up_lid
     lash_w = 0.11 if mk else 0.075
     lash = np.exp(-0.5 * (d_up / lash_w) ** 2) * soft((1.08 - np.abs(ux)) * ew) * (1 + 0.4 * np.clip(ux, 0, 1))
-    wing = (np.exp(-0.5 * ((uy + 0.12 * (ux - 1) + 0.05) / 0.06) ** 2) * soft((ux - 0.95) * ew)
-            * soft((1.35 - ux) * ew)) if mk else 0.0
-    alb *= (1 - 0.88 * np.clip(lash + wing, 0, 1))[..., None]
-    crease = np.exp(-0.5 * ((uy - (up_lid - 0.32 * q ** 0.6 - 0.05)) / 0.07) ** 2) * soft((1.0 - np.abs(ux)) * ew)
-    alb *= (1 - 0.22 * crease)[..., None]
-    lo_line = np.exp(-0.5 * ((uy - lo_lid - 0.03) / 0.05) ** 2) * soft((1.0 - np.abs(ux)) * ew)
-    alb *= (1 - 0.25 * lo_line)[..., None]
     if mk:
-        shadow_col = np.asarray([0.35 + 0.3 * identity["clothes"][2], 0.25, 0.3 + 0.3 * identity["clothes"][0]], np.float32)
-        lidm = np.clip(-(uy - up_lid) / 0.45, 0, 1) * soft((uy - up_lid + 0.6) * ew) * soft((1.05 - np.abs(ux)) * ew)
+        lash = lash + (np.exp(-0.5 * ((uy + 0.12 * (ux - 1) + 0.05) / 0.06) ** 2) * soft((ux - 0.95) * ew)
+                       * soft((1.35 - ux) * ew))
+    dark *= 1 - 0.88 * np.clip(lash, 0, 1)
+    inside_x = soft((1.0 - np.abs(ux)) * ew)
+    dark *= 1 - 0.22 * np.exp(-0.5 * ((uy - (up_lid - 0.32 * q ** 0.6 - 0.05)) / 0.07) ** 2) * inside_x
+    dark *= 1 - 0.25 * np.exp(-0.5 * ((uy - lo_lid - 0.03) / 0.05) ** 2) * inside_x
+    if mk:
+        c = identity["clothes"]
+        shadow_col = np.asarray([0.35 + 0.3 * c[2], 0.25, 0.3 + 0.3 * c[0]], np.float32)
+        lidm = np.clip(-d_up / 0.45, 0, 1) * soft((d_up + 0.6) * ew) * soft((1.05 - np.abs(ux)) * ew)
         _mix(alb, shadow_col, 0.35 * lidm * (1 - open_e))
 
-    # ---------------- eyebrows -------------------------------------------------------------------
+    # eyebrows
     b0, b1 = 0.14, 0.78
     tb = np.clip((AX - b0) / (b1 - b0), 0, 1)
     arched = attrs.get("Arched_Eyebrows", False)
     bushy = attrs.get("Bushy_Eyebrows", False)
     amp = 0.09 if arched else 0.045
     peak = 0.62 if arched else 0.5
-    ybc = g["by"] - amp * np.where(tb < peak, np.sin(tb / peak * np.pi / 2), np.clip(np.cos((tb - peak) / (1 - peak) * np.pi / 2), 0, 1) ** 1.5)
-    ybc = ybc + 0.03 * (1 - tb)
-    th = (0.055 if bushy else (0.030 if arched else 0.037)) * (1.15 - 0.55 * tb)
+    prof = np.where(tb < peak, np.sin(tb / peak * np.pi / 2),
+                    np.clip(np.cos((tb - peak) / (1 - peak) * np.pi / 2), 0, 1) ** 1.5)
+    ybc = g["by"] - amp * prof + 0.03 * (1 - tb)
+    th = (0.058 if bushy else (0.030 if arched else 0.037)) * (1.15 - 0.55 * tb)
     brow_m = soft(th - np.abs(Y - ybc)) * soft(AX - b0) * soft(b1 - AX)
-    brow_col = hair_col * 0.55 + 0.02 if identity["hair"] != "black" else hair_col
+    brow_col = hair_col if identity["hair"] == "black" else hair_col * 0.55 + 0.02
     if attrs.get("Blond_Hair") or attrs.get("Gray_Hair"):
         brow_col = hair_col * 0.5
-    btex = 0.8 + 0.2 * np.sin(X * 150 + Y * 40) if bushy else 1.0
+    btex = (0.8 + 0.2 * np.sin(X * 150 + Y * 40)) if bushy else 1.0
     _mix(alb, brow_col, brow_m * (0.92 if bushy else 0.8) * btex)
 
-    # ---------------- compose the face -----------------------------------------------------------
-    col = alb * shade[..., None] + (spec * head_in)[..., None] * (1 - open_e)[..., None]
-    # eyes: less affected by the socket darkness; add a catch light
-    col = col * (1 - 0.35 * open_e)[..., None] + alb * (0.35 * 0.85 * open_e)[..., None]
-    catch = _g(AX, Y, icx - 0.25 * ri, ey - 0.3 * ri, 0.06 * ew, 0.06 * ew) * open_e
+    # compose the face
+    alb *= dark[..., None]
+    col = alb * shade[..., None] + (spec * head_in * (1 - open_e))[..., None]
+    col = col * (1 - 0.35 * open_e)[..., None] + alb * (0.30 * open_e)[..., None]  # eyes less shaded
+    catch = _g(AX, Y, icx - 0.25 * ri, icy - 0.3 * ri, 0.06 * ew, 0.06 * ew) * open_e
     col += (0.7 * catch)[..., None]
-    lay.over(col, head_in)
+    lay.over(col, head_in, wf)
 
-    # ---------------- beard / mustache / sideburns (on top of skin) ------------------------------
-    beard_m = np.zeros_like(X)
+    # beard / mustache / sideburns (fuzzy edges, strand texture)
+    beard_m = np.zeros((fh_, fw_), np.float32)
     if attrs.get("Goatee"):
-        full = attrs.get("Mustache") and attrs.get("Sideburns")
-        if full:
-            reg = beard_low * soft(f + 0.02 - AX)
+        if attrs.get("Mustache") and attrs.get("Sideburns"):  # full beard
+            reg = beard_low * fuzzy(f + 0.03 - AX)
         else:
-            reg = soft(0.30 - AX) * soft(Y - (my + g["tl"] + 0.02)) * soft(R + 0.04 - Y)
-            reg = np.maximum(reg, soft(0.06 - np.abs(AX - mw - 0.02)) * soft(Y - my) * soft(my + 0.3 - Y))
-        beard_m = np.maximum(beard_m, reg * soft(R + 0.06 - Y + 0 * X) * (1 - lip_m))
+            gy0 = my + g["tl"] + 0.0
+            gcy, gry = (gy0 + R) / 2 + 0.02, (R - gy0) / 2 + 0.05
+            reg = fuzzy(1 - np.sqrt((X / 0.30) ** 2 + ((Y - gcy) / gry) ** 2), 0.12) * fuzzy(f + 0.03 - AX)
+            reg = np.maximum(reg, fuzzy(0.05 - np.abs(AX - mw - 0.02)) * fuzzy(Y - my) * fuzzy(gy0 + 0.1 - Y))
+        beard_m = np.maximum(beard_m, reg * fuzzy(R + 0.05 - Y) * (1 - lip_m))
     if attrs.get("Mustache"):
-        must_top = ny + 0.10
-        must = soft(Y - must_top - 0.02 * (AX / mw) ** 2) * soft(up_top - 0.005 - Y) * soft(mw + 0.05 - AX)
-        must = np.maximum(must, soft(Y - must_top) * soft(cline + 0.04 - Y) * soft(0.035 - np.abs(AX - mw - 0.02)))
+        mtop = ny + 0.10
+        must = fuzzy(Y - mtop - 0.02 * (AX / mw) ** 2, 0.025) * soft(up_top - 0.005 - Y) * fuzzy(mw + 0.05 - AX)
+        must = np.maximum(must, fuzzy(Y - mtop) * fuzzy(cline + 0.05 - Y) * fuzzy(0.035 - np.abs(AX - mw - 0.02)))
         beard_m = np.maximum(beard_m, must)
     if attrs.get("Sideburns"):
-        sb = soft(AX - (f - 0.15)) * soft(f + 0.02 - AX) * soft(Y + 0.3) * soft(0.45 - Y)
+        sb = fuzzy(AX - (f - 0.15)) * soft(f + 0.02 - AX) * fuzzy(Y + 0.3) * fuzzy(0.45 - Y)
         beard_m = np.maximum(beard_m, sb)
-    if np.any(beard_m > 0):
-        bcol = (hair_col * 0.85 + 0.02)[None, None, :] * (shade * (0.85 + 0.2 * strands))[..., None]
-        lay.over(bcol, beard_m * 0.93)
+    if beard_m.any():
+        strands = hair_tex(X, Y + 0.3 * X)
+        bcol = (hair_col * 0.85 + 0.02)[None, None, :] * (shade * (0.82 + 0.25 * strands))[..., None]
+        lay.over(bcol, beard_m * 0.93 * (0.85 + 0.15 * strands), wf)
 
     # ---------------- front hair -----------------------------------------------------------------
     if not bald:
+        w_, X, Y, AX = win(-hx_max, hx_max, -R - vol - 0.05, min(y_end, 0.2) + 0.06)
+        fh_side, hair_out = hair_outline(X, Y, AX)
+        f = _half_width(Y, g)
         if attrs.get("Bangs"):
-            hl = -0.36 + 0.025 * np.sin(X * 23 + strand_phase[2]) + 0.15 * X ** 2
+            hl = -0.36 + 0.025 * np.sin(X * 23 + ph4[2]) + 0.15 * X ** 2
         elif attrs.get("Receding_Hairline"):
             hl = -1.02 + 0.12 * X ** 2 + 0.14 * np.exp(-0.5 * ((AX - 0.42) / 0.14) ** 2)
         else:
             hl = -0.82 + 0.30 * X ** 2 + 0.05 * np.abs(X - identity["parting"] * 0.5)
-        side = soft(AX - 0.80) * soft(0.20 - Y) * (length != "short" or True)
         front = soft(hl - Y) * soft(fh_side - AX) * soft(Y + R + vol)
-        front = np.maximum(front, side * hair_out * soft(AX - f + 0.06))
-        lay.over(hair_rgb, front)
+        front = np.maximum(front, soft(AX - 0.80) * soft(0.20 - Y) * hair_out * soft(AX - f + 0.06))
+        rgb, _, _ = hair_rgb(X, Y)
+        lay.over(rgb, front, w_)
 
     # ---------------- hat ------------------------------------------------------------------------
     if attrs.get("Wearing_Hat"):
+        w_, X, Y, AX = win(-1.3, 1.3, -R - 0.35, -0.3)
         hat_col = np.asarray(light["hat"], np.float32)
         hline = -0.60 + 0.08 * X ** 2
         hat_w = _half_width(np.minimum(Y, 0) * R / (R + 0.18), g) * 1.14
         dome = soft(hline - Y) * soft(hat_w - AX) * soft(Y + R + 0.25)
         band = soft(hline + 0.02 - Y) * soft(Y - (hline - 0.14)) * soft(1.18 - AX)
-        hshade = 0.35 + 0.65 * hdiff
+        nhx, nhy = X / 1.15, (Y + 0.2) / (R + 0.2)
+        nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
+        hshade = 0.35 + 0.65 * np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
         hat_rgb = hat_col[None, None, :] * hshade[..., None]
-        lay.over(hat_rgb, dome)
-        lay.over(hat_rgb * 0.7, band)
+        lay.over(hat_rgb, dome, w_)
+        lay.over(hat_rgb * 0.7, band, w_)
 
-    # ---------------- glasses --------------------------------------------------------------------
+    # ---------------- glasses (see-through lenses, frame, bridge, temples) -----------------------
     if attrs.get("Eyeglasses"):
+        w_, X, Y, AX = win(-1.14, 1.14, -0.4, 0.4)
+        f = _half_width(Y, g)
         gcol = np.asarray(light["glasses_col"], np.float32)
-        rx, ry = 0.30, 0.20 if not light["sun"] else 0.23
+        rx, ry = 0.30, (0.23 if light["sun"] else 0.20)
         gcy = ey + 0.02
         se = (np.abs((AX - ex) / rx) ** 3.0 + np.abs((Y - gcy) / ry) ** 3.0) ** (1 / 3.0)
         thick = light["glasses_th"]
         lens = soft((1 - se) * ry)
-        frame = soft((1 + thick / ry - se) * ry) * (1 - soft((1 - se) * ry)) 
+        frame = soft((1 + thick / ry - se) * ry) * (1 - lens)
+        rs, cs = w_
         if light["sun"]:
-            lay.rgb *= (1 - 0.55 * lens)[..., None]  # see-through dark tint
-            lay.rgb += (0.04 * lens)[..., None] * gcol
+            lay.rgb[rs, cs] *= (1 - 0.55 * lens)[..., None]
+            lay.rgb[rs, cs] += (0.04 * lens)[..., None] * gcol
         else:
-            lay.over(np.full(3, 0.9, np.float32), lens * 0.06)
+            lay.over(np.full(3, 0.9, np.float32), lens * 0.06, w_)
         bridge = soft(thick * 0.6 - np.abs(Y - gcy + 0.06)) * soft(ex - rx + 0.01 - AX)
         temple = soft(thick * 0.6 - np.abs(Y - gcy + 0.08)) * soft(AX - ex - rx + 0.02) * soft(f + 0.06 - AX)
-        lay.over(gcol * (0.8 + 0.2 * shade[..., None]), np.clip(frame + bridge + temple, 0, 1))
+        gshade = 0.8 + 0.2 * np.clip(X * lx - (Y - gcy) * ly, -1, 1)
+        lay.over(gcol[None, None, :] * gshade[..., None], np.clip(frame + bridge + temple, 0, 1), w_)
 
     # ---------------- earrings -------------------------------------------------------------------
     if attrs.get("Wearing_Earrings"):
+        w_, X, Y, AX = win(-ex_ear - 0.25, ex_ear + 0.25, 0.3, 0.7)
         ecol = np.asarray(light["ear_col"], np.float32)
         elx, ely = ex_ear - 0.02, 0.44
         if light["hoop"]:
-            dr = np.hypot(AX - elx, Y - ely - 0.09)
-            em = soft(0.025 - np.abs(dr - 0.085))
+            em = soft(0.025 - np.abs(np.hypot(AX - elx, Y - ely - 0.09) - 0.085))
         else:
-            dr = np.hypot(AX - elx, Y - ely - 0.03)
-            em = soft(0.05 - dr)
+            em = soft(0.05 - np.hypot(AX - elx, Y - ely - 0.03))
         eshade = 0.7 + 0.5 * np.clip(-(X - np.sign(X) * elx) * lx * 8 - (Y - ely) * ly * 8, -0.4, 0.6)
-        lay.over(ecol[None, None, :] * eshade[..., None], em)
+        lay.over(ecol[None, None, :] * eshade[..., None], em, w_)
 
     return lay, (ox, oy)
 

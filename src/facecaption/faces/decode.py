@@ -1,0 +1,80 @@
+"""Robust image decoding: every input ends as an RGB uint8 array or a one-word reason.
+
+A crawl holds truncated downloads, empty files, HTML error pages saved as ``.jpg``, decompression bombs,
+CMYK/grayscale/palette/alpha images and phone photos whose pixels are stored sideways with an EXIF
+orientation tag. :func:`decode_image` turns each into ``(rgb, None)`` or ``(None, reason)`` and never raises.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# reasons (the prefix before ":" is the category counted in reports)
+EMPTY = "empty_file"
+NOT_IMAGE = "not_an_image"
+BOMB = "decompression_bomb"
+CORRUPT = "corrupt_image"
+TOO_SMALL = "image_too_small"
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparent pixels are composited onto white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit gray: rescale to 8 bit
+        arr = np.asarray(im, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        arr = arr / hi * 255.0 if hi > 255 else arr
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int = 1
+                 ) -> tuple[np.ndarray | None, str | None]:
+    """Decode image bytes to an upright RGB uint8 array: ``(rgb, None)`` or ``(None, reason)``.
+
+    ``max_pixels`` guards against decompression bombs: the declared size is checked from the header,
+    before any pixel is decoded. Images whose shorter side is below ``min_side`` are refused.
+    """
+    if not data:
+        return None, EMPTY
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                return None, f"{BOMB}: {w}x{h}"
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            rgb = np.asarray(_to_rgb(im), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return None, f"{BOMB}: {exc}"[:200]
+    except UnidentifiedImageError:
+        return None, NOT_IMAGE
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
+        return None, f"{CORRUPT}: {type(exc).__name__}: {exc}"[:200]
+    except MemoryError:
+        return None, f"{BOMB}: out of memory"
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        return None, f"{CORRUPT}: unexpected shape {rgb.shape}"
+    if min(rgb.shape[:2]) < min_side:
+        return None, f"{TOO_SMALL}: {rgb.shape[1]}x{rgb.shape[0]}"
+    return np.ascontiguousarray(rgb), None
+
+
+def category(reason: str | None) -> str:
+    """The reason's category (the part before ':')."""
+    return "" if not reason else reason.split(":", 1)[0]

@@ -10,7 +10,17 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/collect.smk"
+include: "rules/faces.smk"
+include: "rules/attributes.smk"
+include: "rules/captions.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/quality.smk"
 include: "rules/paper.smk"
+
+
+localrules:
+    all,
 
 
 rule all:

@@ -35,9 +35,20 @@ def outs(stage):
     return [directory(p) if p in st.dirs else p for p in W.stage_outs(stage)]
 
 
+def res(stage, key, default):
+    """A resource of a rule from config (resources.<rule>.<key>), else the rule's default."""
+    return config.get("resources", {}).get(stage, {}).get(key, default)
+
+
 def threads_of(stage, default=1):
-    return config.get("resources", {}).get(stage, {}).get("threads", default)
+    return res(stage, "threads", default)
 
 
 def mem_of(stage, default=2000):
-    return config.get("resources", {}).get(stage, {}).get("mem_mb", default)
+    return res(stage, "mem_mb", default)
+
+
+if config["source"] == "urls":
+    # compute nodes often have no internet: downloads run where snakemake runs (the login node)
+    localrules:
+        collect,

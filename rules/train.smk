@@ -1,1 +1,38 @@
-# rules for the train stage (see docs/ARCHITECTURE.md)
+# Stage 5, train: FLIP pre-training (open_clip + Lightning) on the caption shards, then its curves.
+# Resumable checkpoints live in train.resume_dir (default cache/train/<config hash>/), outside the
+# declared outputs, which Snakemake deletes when a job fails: re-running a killed job resumes there.
+
+
+rule train:
+    input:
+        deps("train"),
+    output:
+        outs("train"),
+    params:
+        cfg=cfg("train"),
+    log:
+        "logs/train.log",
+    message:
+        "train: {config[train][arch]} for {config[train][max_steps]} steps"
+    threads: threads_of("train", 2)
+    resources:
+        mem_mb=mem_of("train", 4000),
+    shell:
+        "facecaption train --cfg {params.cfg:q} 2> {log}"
+
+
+rule report_train:
+    input:
+        deps("report_train"),
+    output:
+        outs("report_train"),
+    params:
+        cfg=cfg("report_train"),
+    log:
+        "logs/report_train.log",
+    message:
+        "report: training curves"
+    resources:
+        mem_mb=mem_of("report_train", 2000),
+    shell:
+        "facecaption report_train --cfg {params.cfg:q} 2> {log}"

@@ -60,3 +60,15 @@ def collected(workdir, tiny_cfg):
 def _quiet_threads(monkeypatch):
     # keep tests predictable on 2 cores
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A copy of the repository after a full `snakemake --cores 2` on the tiny overlay."""
+    from support.repo import TEST_CONFIG, copy_repo, snakemake
+
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo", git=True)
+    snakemake(["--cores", "2", *TEST_CONFIG], repo)
+    return repo
+
+

@@ -1,6 +1,6 @@
 """The attribute classifier as an ``nn.Module`` (no training code here).
 
-* ``small_cnn``: five conv blocks + global pooling, a few hundred thousand parameters; trains in about a
+* ``small_cnn``: a stride-2 stem and four conv stages, about 0.27 M parameters; trains in about a
   minute on 2 CPU cores, the embedded default;
 * ``resnet18/34/50``: torchvision ResNets built with ``weights=None`` (nothing is downloaded); an optional
   local state_dict (``attributes.weights``) initialises the backbone, the ResNet-50-class setup of the paper.
@@ -23,27 +23,29 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, n_out: int, width: int = 24):
+    """A stride-2 stem, then conv + max-pool stages doubling the width; about 0.27 M parameters at width 16."""
+
+    def __init__(self, n_out: int, width: int = 16):
         super().__init__()
         w = width
-        self.features = nn.Sequential(_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 4 * w))
+        self.features = nn.Sequential(
+            _conv(3, w, stride=2), _conv(w, 2 * w), nn.MaxPool2d(2), _conv(2 * w, 4 * w), nn.MaxPool2d(2),
+            _conv(4 * w, 8 * w), nn.MaxPool2d(2), _conv(8 * w, 8 * w),
+        )
         self.pool = nn.AdaptiveAvgPool2d(2)  # keeps a coarse layout: top (hair, hat) vs bottom (beard, tie)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w * 4, n_out))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * w * 4, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
 
 
-def build(arch: str, n_out: int, width: int = 24, weights: str | None = None) -> nn.Module:
+def build(arch: str, n_out: int, width: int = 16, weights: str | None = None) -> nn.Module:
     """The classifier for ``n_out`` attributes; ``weights`` (a local file) initialises the backbone."""
     if arch == "small_cnn":
         model = SmallCNN(n_out, width)

@@ -9,6 +9,26 @@ caption) and ``key.json`` (metadata); ``<shard>.parquet`` has one row per attemp
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from facecaption.config import ConfigError
+
+
+# -- real sources (urls, folder): input checks shared by collect.urls, collect.folder, collect.optout ----------
+class SourceError(ConfigError):
+    """A source input problem (missing file, bad column), as one line naming the config key and the path."""
+
+
+def require_path(path, key: str, kind: str = "file") -> Path:
+    """``path`` (``~`` expanded) if it exists, else stop with one line naming the config key and the path."""
+    if path is None or str(path) == "":
+        raise SourceError(f"config error: {key}: not set; give the {kind} to read")
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise SourceError(f"config error: {key}: {p} does not exist")
+    return p
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def run(cfg: dict, args: argparse.Namespace) -> int:
@@ -21,5 +41,9 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         from facecaption.collect.urls import collect_shard
     else:
         from facecaption.collect.folder import collect_shard
-    collect_shard(cfg, args.shard)
+    try:
+        collect_shard(cfg, args.shard)
+    except SourceError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0

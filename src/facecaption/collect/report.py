@@ -53,6 +53,8 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         "mean_height": float(images.height.mean()),
         "mean_caption_words": float(images.caption.fillna("").str.split().str.len().mean()),
     })
+    if cfg.get("source", "synthface") != "synthface":
+        collect_funnel(rep, images)
     degrade = truth.drop_duplicates("key")["degrade"].value_counts().to_dict() if len(truth) else {}
     rep.metric("degraded_images", {k: int(v) for k, v in sorted(degrade.items()) if k != "none"})
 
@@ -79,6 +81,11 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         ax.tick_params(axis="x", rotation=90, labelsize=6)
         ax.set_ylim(0, 1)
         rep.figure("attribute_frequency", fig)
+    elif cfg.get("source", "synthface") != "synthface":  # real sources: no ground truth to plot
+        fig, ax = plt.subplots(figsize=(7, 1.2))
+        ax.text(0.5, 0.5, "no ground-truth attributes for a real source", ha="center", va="center")
+        ax.axis("off")
+        rep.figure("attribute_frequency", fig)
     grid = example_grid(tars[0], truth)
     fig, ax = plt.subplots(figsize=(7, 7 * grid.height / grid.width))
     ax.imshow(grid)
@@ -86,3 +93,27 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rep.figure("examples", fig)
     rep.save()
     return 0
+
+
+# -- real sources (urls, folder): the collection funnel and per-URL status counts ------------------------------------
+FUNNEL_STEPS = (("urls", "input rows (URLs or files)"), ("requested", "requested (valid http(s) URL, not opted out)"),
+                ("downloaded", "downloaded (a body arrived)"), ("decodable", "decodable (an image within the limits)"),
+                ("kept", "kept in the shards"))
+
+
+def collect_funnel(rep: Report, images: pd.DataFrame) -> None:
+    """Metrics ``collect_funnel`` and ``collect_status``, tables ``collect_funnel`` and ``collect_status``."""
+    from facecaption.collect.urls import funnel  # noqa: PLC0415
+
+    fun = funnel(images)
+    rep.metric("collect_funnel", fun)
+    status = images["status"].fillna("not_downloaded").value_counts()
+    rep.metric("collect_status", {str(k): int(v) for k, v in sorted(status.items())})
+    total = max(fun["urls"], 1)
+    rep.table("collect_funnel", ["step", "images", "share of input"],
+              [[label, fun[k], fun[k] / total] for k, label in FUNNEL_STEPS]
+              + [["opted out (never downloaded or dropped after)", fun["opted_out"], fun["opted_out"] / total]],
+              caption="Collection funnel: input rows to images kept in the collect shards.")
+    rep.table("collect_status", ["status", "rows", "share"],
+              [[str(k), int(v), int(v) / total] for k, v in sorted(status.items(), key=lambda kv: (-kv[1], kv[0]))],
+              caption="Outcome of every input row of the collect stage (img2dataset status, refined).")

@@ -58,6 +58,24 @@ def load(name: str, arch: str, checkpoint: str | None, device: str = "cpu") -> E
     return Encoder(name, arch, checkpoint, model, preprocess, tokenizer)
 
 
+def checkpoint_arch(checkpoint: str, fallback: str) -> str:
+    """The architecture a train-stage checkpoint records (registered in this process), else ``fallback``.
+
+    The random baseline uses it, so it has exactly FLIP's architecture (e.g. a derived image size)."""
+    tm = _train_helpers()
+    if tm is None or not hasattr(tm, "read_checkpoint"):
+        return fallback
+    meta = tm.read_checkpoint(checkpoint).get("facecaption", {})
+    arch = meta.get("arch")
+    if not arch:
+        return fallback
+    import open_clip  # noqa: PLC0415
+
+    if open_clip.get_model_config(arch) is None and meta.get("model_cfg") and hasattr(tm, "register_config"):
+        tm.register_config(arch, meta["model_cfg"])
+    return arch
+
+
 def open_image(source) -> Image.Image:
     """A sample as PIL RGB: JPEG bytes, a path, a PIL image, or (path, crop box)."""
     if isinstance(source, Image.Image):

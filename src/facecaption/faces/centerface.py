@@ -96,6 +96,12 @@ def _dynamic_model_bytes(path: str) -> bytes:
     import onnx
 
     model = onnx.load(path)
+    # The exported graph lists its weights as graph inputs too, which stops onnxruntime from folding
+    # constants (batch norms); drop those inputs.
+    inits = {t.name for t in model.graph.initializer}
+    keep = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
     dims = {_INPUT: ["B", 3, "H", "W"], "537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"],
             "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]}
     for vi in list(model.graph.input) + list(model.graph.output):
@@ -126,6 +132,8 @@ class CenterFace:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # no busy-waiting worker threads between calls (they would steal the CPU from the caller)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(_dynamic_model_bytes(path), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
         self.path = path

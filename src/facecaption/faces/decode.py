@@ -56,7 +56,10 @@ def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int
             if w * h > max_pixels:
                 return None, f"{BOMB}: {w}x{h}"
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            try:
+                im = ImageOps.exif_transpose(im) or im
+            except Exception:  # noqa: BLE001 - a broken EXIF block costs the rotation, not the image
+                pass
             rgb = np.asarray(_to_rgb(im), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"{BOMB}: {exc}"[:200]

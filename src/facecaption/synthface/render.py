@@ -27,7 +27,7 @@ DRAWABLE: tuple[str, ...] = tuple(a for a in ATTRIBUTES if a != "Attractive")
 
 DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "jpeg", "lowlight", "lowres")
 
-_MAX_A = 56.0  # max internal pixels per face unit (half face width)
+_MAX_A = 40.0  # max internal pixels per face unit (half face width)
 _BOX_TOP = -0.85  # top of the ground-truth face box, in face units (upper forehead)
 _BOX_SIDE = 0.95  # box half width as a share of the head outline (cheek to cheek)
 
@@ -66,7 +66,7 @@ def sample_identity(rng: np.random.Generator) -> dict:
         hair = "gray"
     else:
         dark = tone > 3.5
-        p = [0.30, 0.30, 0.16, 0.0, 0.06, 0.18] if not dark else [0.62, 0.12, 0.03, 0.0, 0.01, 0.22]
+        p = [0.20, 0.28, 0.26, 0.0, 0.06, 0.20] if not dark else [0.58, 0.14, 0.03, 0.0, 0.01, 0.24]
         hair = str(rng.choice(["black", "brown", "blond", "gray", "red", "darkbrown"], p=p))
     bald = bool(male and rng.random() < (0.06 if young else 0.30))
     receding = bool(male and not bald and rng.random() < (0.10 if young else 0.40)) or \
@@ -227,8 +227,35 @@ def _geometry(identity: dict, attrs: dict) -> dict:
         tu=0.060 * (1.5 if attrs.get("Big_Lips") else 1.0),
         tl=0.080 * (1.45 if attrs.get("Big_Lips") else 1.0),
         gap=(0.075 if smile else 0.05) if opened else 0.0, smile=0.07 if smile else 0.0,
+        chub=1.0 if attrs.get("Chubby") else 0.0,
     )
     return g
+
+
+_PALE = np.array([0.98, 0.89, 0.84], np.float32)
+
+
+def _skin_colour(identity: dict, attrs: dict) -> np.ndarray:
+    """Skin albedo: the identity's tone, pushed to very pale when Pale_Skin is set (and away from it
+    when an identity sampled as pale is drawn with Pale_Skin false)."""
+    skin = np.asarray(identity["skin"], np.float32)
+    if attrs.get("Pale_Skin"):
+        return (0.3 * skin + 0.7 * _PALE).astype(np.float32)
+    if identity.get("pale"):
+        return (skin * np.array([0.93, 0.85, 0.80], np.float32)).astype(np.float32)
+    return skin
+
+
+def _hair_name(identity: dict, attrs: dict) -> str:
+    """Hair colour drawn: the attribute's colour when one is set, else a colour no attribute names."""
+    for attr, name in (("Black_Hair", "black"), ("Blond_Hair", "blond"), ("Brown_Hair", "brown"),
+                       ("Gray_Hair", "gray")):
+        if attrs.get(attr):
+            return name
+    own = identity["hair"]
+    if own in ("red", "darkbrown"):
+        return own
+    return "darkbrown" if own in ("black", "brown", "gray") else "red"
 
 
 def _half_width(Y, g):
@@ -238,6 +265,8 @@ def _half_width(Y, g):
     td = np.clip(Y / R, 0, 1)
     fu = (1 - tu ** 2.3) ** (1 / 2.3)
     fd = (1 - td ** p) ** (1 / p) * (1 - taper * td ** 2)
+    if g.get("chub"):
+        fd = fd * (1 + 0.36 * g["chub"] * td * (1 - td))  # full lower cheeks
     return np.where(Y < 0, fu, fd)
 
 
@@ -273,10 +302,9 @@ def _render_patch(identity, attrs, g, A, rng, light):
         return np.clip(d / w + 0.5, 0, 1)
 
     lay = _Layer(ph, pw)
-    skin = np.asarray(identity["skin"], np.float32)
-    hair_col = np.asarray(_HAIR[identity["hair"]], np.float32)
-    if attrs.get("Gray_Hair"):
-        hair_col = np.asarray(_HAIR["gray"], np.float32)
+    skin = _skin_colour(identity, attrs)
+    hair_name = _hair_name(identity, attrs)
+    hair_col = np.asarray(_HAIR[hair_name], np.float32)
     lx, ly, lz = light["dir"]
     amb = light["amb"]
     ph4 = rng.uniform(0, 2 * np.pi, 4)
@@ -289,14 +317,18 @@ def _render_patch(identity, attrs, g, A, rng, light):
     y_end = {"short": 0.05, "medium": 1.05, "long": 2.35}[length]
     k1, k2, k3 = (60, 97, 151) if straight else (45, 77, 120)
 
+    th_tab = np.linspace(-np.pi, np.pi, 4096, dtype=np.float32)
+    str_tab = (0.5 * np.sin(k1 * th_tab + ph4[1]) + 0.3 * np.sin(k2 * th_tab + ph4[2])
+               + 0.2 * np.sin(k3 * th_tab + ph4[3])).astype(np.float32)
+
     def hair_tex(X, Y):
-        """Strand pattern flowing down from the crown, in [-1, 1]."""
+        """Strand pattern flowing down from the crown, in [-1, 1] (a function of the angle seen from
+        a point above the head, looked up in a table)."""
         theta = np.arctan2(X - identity["parting"] * 0.3, Y + R + 0.8)
         if wavy:
             rho = np.sqrt(X ** 2 + (Y + R + 0.8) ** 2)
             theta = theta + 0.09 * np.sin(rho * 11 + ph4[0])
-        return (0.5 * np.sin(k1 * theta + ph4[1]) + 0.3 * np.sin(k2 * theta + ph4[2])
-                + 0.2 * np.sin(k3 * theta + ph4[3]))
+        return np.interp(theta, th_tab, str_tab).astype(np.float32)
 
     def hair_rgb(X, Y):
         strands = hair_tex(X, Y)
@@ -305,24 +337,29 @@ def _render_patch(identity, attrs, g, A, rng, light):
         nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
         hdiff = np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
         sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if straight else 0.35)
-        rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.80 + 0.22 * strands))[..., None]
+        clump = 0.92 + 0.08 * np.sin(np.arctan2(X, Y + R + 0.8) * 9 + ph4[0])
+        rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.78 + 0.26 * strands) * clump)[..., None]
         rgb += (sheen * 0.25)[..., None] * (hair_col + 0.25)[None, None, :]
         return rgb, strands, hdiff
 
-    def hair_outline(X, Y, AX):
+    def hair_outline(X, Y, AX, strands=0.0):
         fh = _half_width(np.minimum(Y, 0) * R / (R + vol), g) * (1 + vol)
         if wavy:
             fh = fh + 0.04 * np.sin(Y * 14 + ph4[0])
         fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (length == "long"), fh)
-        return fh_side, soft(fh_side - AX) * soft(Y + R + vol) * soft(y_end - Y + 0.03 * np.sin(X * 20))
+        fray = 0.025 * strands  # strand ends make the outline ragged
+        return fh_side, (soft(fh_side - AX + fray) * soft(Y + R + vol + fray)
+                         * soft(y_end - Y + 0.03 * np.sin(X * 20) + 2 * fray))
 
     hx_max = 1.0 + vol + 0.12 * 2.4 + 0.06
     # ---------------- back hair ------------------------------------------------------------------
+    hair_win = None
     if not bald:
-        w_, X, Y, AX = win(-hx_max, hx_max, -R - vol - 0.05, y_end + 0.08)
-        rgb, _, _ = hair_rgb(X, Y)
-        _, out = hair_outline(X, Y, AX)
-        lay.over(rgb * 0.85, out, w_)
+        hair_win = win(-hx_max, hx_max, -R - vol - 0.05, max(y_end, 0.2) + 0.08)
+        w_, X, Y, AX = hair_win
+        hair_all, hair_str, _ = hair_rgb(X, Y)
+        _, out = hair_outline(X, Y, AX, hair_str)
+        lay.over(hair_all * 0.85, out, w_)
     elif not attrs.get("Young", True):
         w_, X, Y, AX = win(-hx_max, hx_max, -0.6, 0.2)
         rgb, _, _ = hair_rgb(X, Y)
@@ -332,8 +369,9 @@ def _render_patch(identity, attrs, g, A, rng, light):
 
     # ---------------- neck -----------------------------------------------------------------------
     nwid = (0.50 if attrs.get("Male") else 0.42) + (0.08 if attrs.get("Chubby") else 0.0)
-    w_, X, Y, AX = win(-nwid - 0.05, nwid + 0.05, 0.5, y_max)
-    neck_m = soft(nwid - AX) * soft(Y - 0.5) * soft(y_max - 0.05 - Y)
+    neck_end = R + 0.5
+    w_, X, Y, AX = win(-nwid - 0.05, nwid + 0.05, 0.5, neck_end + 0.1)
+    neck_m = soft(nwid - AX) * soft(Y - 0.5) * fuzzy(neck_end - Y, 0.1)
     neck_shade = (0.55 + 0.25 * np.clip((Y - R) / 0.5, 0, 1)
                   + 0.15 * np.sqrt(np.clip(1 - (X / nwid) ** 2, 0, 1))) * (0.9 + 0.1 * (X * lx / nwid))
     lay.over(skin[None, None, :] * neck_shade[..., None], neck_m, w_)
@@ -347,6 +385,15 @@ def _render_patch(identity, attrs, g, A, rng, light):
         ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
         ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
         lay.over(ear_col, ear_m, w_)
+
+    # ---------------- double chin: a soft fold peeking out below the chin ------------------------
+    if attrs.get("Double_Chin"):
+        w_, X, Y, AX = win(-0.7, 0.7, R - 0.4, R + 0.3)
+        dcy = R - 0.04
+        e = (X / 0.46) ** 2 + ((Y - dcy) / 0.19) ** 2
+        dc_m = soft((1 - e) * 0.12)
+        dc_shade = (0.62 + 0.25 * np.sqrt(np.clip(1 - e, 0, 1))) * (1 - 0.3 * np.exp(-0.5 * ((Y - dcy - 0.12) / 0.03) ** 2))
+        lay.over(skin[None, None, :] * dc_shade[..., None], dc_m, w_)
 
     # ---------------- face window ----------------------------------------------------------------
     dchin = 0.0
@@ -426,10 +473,10 @@ def _render_patch(identity, attrs, g, A, rng, light):
         _mix(alb, (0.85, 0.45, 0.45), 0.12 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
 
     # stubble: starts low on the cheeks
-    beard_low = np.clip((Y - (0.50 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)
+    beard_low = np.clip((Y - (0.56 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)
     if attrs.get("5_o_Clock_Shadow"):
         stub = np.clip(beard_low + 0.9 * _g(X, Y, 0, my - 0.1, 0.3, 0.05) * (Y > ny + 0.08), 0, 1)
-        stub_tex = 0.75 + 0.25 * np.sin(X * 173 + Y * 211) * np.sin(X * 97 - Y * 151)
+        stub_tex = 0.55 + 0.45 * rng.random((fh_, fw_), dtype=np.float32)
         _mix(alb, hair_col * 0.6 + 0.04, stub * 0.38 * stub_tex)
 
     # lips and mouth
@@ -508,7 +555,7 @@ def _render_patch(identity, attrs, g, A, rng, light):
     ybc = g["by"] - amp * prof + 0.03 * (1 - tb)
     th = (0.058 if bushy else (0.030 if arched else 0.037)) * (1.15 - 0.55 * tb)
     brow_m = soft(th - np.abs(Y - ybc)) * soft(AX - b0) * soft(b1 - AX)
-    brow_col = hair_col if identity["hair"] == "black" else hair_col * 0.55 + 0.02
+    brow_col = hair_col if hair_name == "black" else hair_col * 0.55 + 0.02
     if attrs.get("Blond_Hair") or attrs.get("Gray_Hair"):
         brow_col = hair_col * 0.5
     btex = (0.8 + 0.2 * np.sin(X * 150 + Y * 40)) if bushy else 1.0
@@ -549,18 +596,20 @@ def _render_patch(identity, attrs, g, A, rng, light):
     # ---------------- front hair -----------------------------------------------------------------
     if not bald:
         w_, X, Y, AX = win(-hx_max, hx_max, -R - vol - 0.05, min(y_end, 0.2) + 0.06)
-        fh_side, hair_out = hair_outline(X, Y, AX)
+        (hrs, hcs), (rs, cs) = hair_win[0], w_
+        sub = (slice(rs.start - hrs.start, rs.stop - hrs.start), slice(cs.start - hcs.start, cs.stop - hcs.start))
+        fray = hair_str[sub]
+        fh_side, hair_out = hair_outline(X, Y, AX, fray)
         f = _half_width(Y, g)
         if attrs.get("Bangs"):
             hl = -0.36 + 0.025 * np.sin(X * 23 + ph4[2]) + 0.15 * X ** 2
         elif attrs.get("Receding_Hairline"):
-            hl = -1.02 + 0.12 * X ** 2 + 0.14 * np.exp(-0.5 * ((AX - 0.42) / 0.14) ** 2)
+            hl = -1.0 + 0.25 * X ** 2 - 0.22 * np.exp(-0.5 * ((AX - 0.45) / 0.15) ** 2)  # M-shaped
         else:
             hl = -0.82 + 0.30 * X ** 2 + 0.05 * np.abs(X - identity["parting"] * 0.5)
-        front = soft(hl - Y) * soft(fh_side - AX) * soft(Y + R + vol)
+        front = soft(hl - Y + 0.03 * fray) * soft(fh_side - AX + 0.025 * fray) * soft(Y + R + vol)
         front = np.maximum(front, soft(AX - 0.80) * soft(0.20 - Y) * hair_out * soft(AX - f + 0.06))
-        rgb, _, _ = hair_rgb(X, Y)
-        lay.over(rgb, front, w_)
+        lay.over(hair_all[sub], front, w_)
 
     # ---------------- hat ------------------------------------------------------------------------
     if attrs.get("Wearing_Hat"):
@@ -605,9 +654,9 @@ def _render_patch(identity, attrs, g, A, rng, light):
         ecol = np.asarray(light["ear_col"], np.float32)
         elx, ely = ex_ear - 0.02, 0.44
         if light["hoop"]:
-            em = soft(0.025 - np.abs(np.hypot(AX - elx, Y - ely - 0.09) - 0.085))
+            em = soft(0.028 - np.abs(np.hypot(AX - elx, Y - ely - 0.11) - 0.10))
         else:
-            em = soft(0.05 - np.hypot(AX - elx, Y - ely - 0.03))
+            em = soft(0.06 - np.hypot(AX - elx, Y - ely - 0.03))
         eshade = 0.7 + 0.5 * np.clip(-(X - np.sign(X) * elx) * lx * 8 - (Y - ely) * ly * 8, -0.4, 0.6)
         lay.over(ecol[None, None, :] * eshade[..., None], em, w_)
 
@@ -653,38 +702,41 @@ def _sample_light(rng):
     }
 
 
-def _draw_torso(canvas, origin, a, roll, g, identity, attrs, light, shift=4):
-    """Shoulders, clothes, necktie, necklace: anti-aliased polygons directly on the canvas."""
+def _draw_torso(canvas, origin, a, roll, g, identity, attrs, light, part, shift=4):
+    """Shoulders and clothes (``part="under"``, drawn before the head) or necktie, collar and necklace
+    (``part="over"``, drawn after it): anti-aliased polygons directly on the canvas."""
     sc = 1 << shift
     R = g["R"]
     male = attrs.get("Male", False)
     sh = 2.0 if male else 1.75
     top = R + 0.42
     cloth = np.asarray(identity["clothes"], np.float32)
+    skin = _skin_colour(identity, attrs)
     nl = light["neckline"] if not attrs.get("Wearing_Necktie") else "v"
     vb = {"v": top + 0.75, "round": top + 0.35, "high": top + 0.08}[nl]
     nwid = (0.50 if male else 0.42) + (0.08 if attrs.get("Chubby") else 0.0)
-    body = [(-nwid - 0.05, top), (-nwid - 0.4, top + 0.12), (-sh + 0.2, top + 0.30), (-sh, top + 0.7),
-            (-sh - 0.2, 12.0), (sh + 0.2, 12.0), (sh, top + 0.7), (sh - 0.2, top + 0.30),
-            (nwid + 0.4, top + 0.12), (nwid + 0.05, top)]
-    if nl == "v":
-        body += [(0.0, vb)]
-    else:
-        body += [(nwid * 0.6, (top + vb) / 2 + 0.03), (0.0, vb), (-nwid * 0.6, (top + vb) / 2 + 0.03)]
 
     def poly(pts, color):
-        p = _to_canvas(np.asarray(pts), origin, a, roll)
+        p = _to_canvas(np.asarray(pts, np.float64), origin, a, roll)
         p = np.round(p * sc).astype(np.int32)
         cv2.fillPoly(canvas, [p], tuple(int(v) for v in np.clip(np.asarray(color) * 255, 0, 255)),
                      lineType=cv2.LINE_AA, shift=shift)
 
-    lx = light["dir"][0]
-    poly(body, cloth * 0.9)
-    # a lit and a shaded half
-    half = [(0, vb), (0, 12.0), ((sh + 0.2) * np.sign(lx or 1), 12.0), ((sh) * np.sign(lx or 1), top + 0.7),
-            ((sh - 0.2) * np.sign(lx or 1), top + 0.30), ((nwid + 0.4) * np.sign(lx or 1), top + 0.12),
-            ((nwid + 0.05) * np.sign(lx or 1), top)]
-    poly(half, np.clip(cloth * 1.05, 0, 1))
+    if part == "under":
+        poly([(-nwid, top - 0.2), (nwid, top - 0.2), (nwid * 0.9, vb + 0.05), (-nwid * 0.9, vb + 0.05)],
+             skin * 0.8)
+        body = [(-nwid - 0.05, top), (-nwid - 0.4, top + 0.12), (-sh + 0.2, top + 0.30), (-sh, top + 0.7),
+                (-sh - 0.2, 12.0), (sh + 0.2, 12.0), (sh, top + 0.7), (sh - 0.2, top + 0.30),
+                (nwid + 0.4, top + 0.12), (nwid + 0.05, top)]
+        if nl == "v":
+            body += [(0.0, vb)]
+        else:
+            body += [(nwid * 0.6, (top + vb) / 2 + 0.03), (0.0, vb), (-nwid * 0.6, (top + vb) / 2 + 0.03)]
+        poly(body, cloth * 0.9)
+        sgn = 1.0 if light["dir"][0] >= 0 else -1.0  # the lit half of the chest
+        poly([(0, vb), (0, 12.0), ((sh + 0.2) * sgn, 12.0), (sh * sgn, top + 0.7), ((sh - 0.2) * sgn, top + 0.30),
+              ((nwid + 0.4) * sgn, top + 0.12), ((nwid + 0.05) * sgn, top)], np.clip(cloth * 1.05, 0, 1))
+        return
     if attrs.get("Wearing_Necktie"):
         shirt = np.asarray(light["shirt"], np.float32)
         poly([(-nwid - 0.02, top - 0.1), (nwid + 0.02, top - 0.1), (0.0, vb)], shirt)
@@ -703,7 +755,7 @@ def _draw_torso(canvas, origin, a, roll, g, identity, attrs, light, shift=4):
         cv2.polylines(canvas, [np.round(p * sc).astype(np.int32)], False,
                       tuple(int(v) for v in chain * 255), th, cv2.LINE_AA, shift)
         pc = _to_canvas(np.array([[0.0, top + 0.26]]), origin, a, roll)[0]
-        cv2.circle(canvas, tuple(int(v) for v in np.round(pc * sc)), int(round(a * 0.07 * sc)),
+        cv2.circle(canvas, tuple(int(v) for v in np.round(pc * sc)), max(1, int(round(a * 0.07 * sc))),
                    tuple(int(v) for v in chain * 220), -1, cv2.LINE_AA, shift)
 
 
@@ -723,21 +775,29 @@ def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, 
     box_mid = (_BOX_TOP + g["R"]) / 2
     origin = _to_canvas(np.array([0.0, -box_mid]), np.asarray(center, np.float64), a, roll)
 
-    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light)
+    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light, "under")
 
     # internal resolution: supersample small faces, cap large ones
     A = float(min(max(a, min(2 * a, 14.0)), _MAX_A))
     lay, (ox, oy) = _render_patch(identity, attributes, g, A, rng, light)
     ph, pw = lay.a.shape
     k = a / A
-    rgba = np.concatenate([lay.rgb, lay.a[..., None]], axis=2)
-    if k < 0.9:
-        s = 0.45 / k
-        rgba = cv2.GaussianBlur(rgba, (0, 0), s)
+    # crop the patch to its painted part, premultiplied colour in 0..255
+    rows = np.flatnonzero(lay.a.max(1) > 0)
+    cols = np.flatnonzero(lay.a.max(0) > 0)
+    r0, r1 = max(0, rows[0] - 2), min(ph, rows[-1] + 3)
+    c0, c1 = max(0, cols[0] - 2), min(pw, cols[-1] + 3)
+    rgba = np.empty((r1 - r0, c1 - c0, 4), np.float32)
+    rgba[..., :3] = lay.rgb[r0:r1, c0:c1] * 255
+    rgba[..., 3] = lay.a[r0:r1, c0:c1]
+    ox, oy = ox - c0, oy - r0
+    ph, pw = rgba.shape[:2]
+    if k < 0.9:  # supersampled: low-pass before shrinking
+        rgba = cv2.GaussianBlur(rgba, (0, 0), 0.45 / k)
     blur_sigma = 0.0
     if attributes.get("Blurry"):
         blur_sigma = float(rng.uniform(1.2, 2.2)) * max(1.0, a / 60)
-    # affine map patch → canvas
+    # affine map patch → canvas (scale, roll, translation) in one warp
     c, s_ = math.cos(roll), math.sin(roll)
     M = np.array([[k * c, -k * s_, 0.0], [k * s_, k * c, 0.0]])
     M[:, 2] = origin - M[:, :2] @ np.array([ox, oy])
@@ -753,16 +813,20 @@ def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, 
         M2[:, 2] -= (x0, y0)
         warped = cv2.warpAffine(rgba, M2, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-        region = canvas[y0:y1, x0:x1].astype(np.float32) * (1.0 / 255)
+        region = canvas[y0:y1, x0:x1].astype(np.float32)
+        alpha = warped[..., 3:]
         if blur_sigma > 0:
-            region_bl = region * (1 - warped[..., 3:]) + warped[..., :3]
-            region_bl = cv2.GaussianBlur(region_bl, (0, 0), blur_sigma)
+            sharp = region * (1 - alpha) + warped[..., :3]
+            blurred = cv2.GaussianBlur(sharp, (0, 0), blur_sigma)
             alpha = cv2.GaussianBlur(warped[..., 3], (0, 0), blur_sigma * 2)[..., None]
-            out = region * (1 - alpha) + region_bl * alpha
+            region *= 1 - alpha
+            region += blurred * alpha
         else:
-            out = region * (1 - warped[..., 3:]) + warped[..., :3]
-        canvas[y0:y1, x0:x1] = np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+            region *= 1 - alpha
+            region += warped[..., :3]
+        canvas[y0:y1, x0:x1] = cv2.convertScaleAbs(region)
 
+    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light, "over")
     pts = _to_canvas(_face_outline(g), origin, a, roll)
     bx0, by0 = pts.min(0)
     bx1, by1 = pts.max(0)
@@ -781,11 +845,11 @@ def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, 
 def _background(rng, h, w):
     c1, c2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
     ang = rng.uniform(0, 2 * np.pi)
-    xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
-    yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
-    t = np.clip(xx * math.cos(ang) + yy * math.sin(ang) + 0.5, 0, 1)
-    img = (c1[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]) * 255
-    img = img.astype(np.uint8)
+    n = 17  # a linear gradient survives bilinear upsampling from a coarse grid
+    xx = np.linspace(-0.5, 0.5, n, dtype=np.float32)[None, :]
+    t = np.clip(xx * math.cos(ang) + xx.T * math.sin(ang) + 0.5, 0, 1)[..., None]
+    small = ((c1[None, None, :] * (1 - t) + c2[None, None, :] * t) * 255).astype(np.float32)
+    img = cv2.convertScaleAbs(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
     s = max(h, w)
     for _ in range(int(rng.integers(2, 10))):
         kind = rng.integers(5)
@@ -811,8 +875,8 @@ def _background(rng, h, w):
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.8, 3.0)))
     if rng.random() < 0.5:
         nz = rng.standard_normal((max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
-        nz = cv2.resize(nz, (w, h), interpolation=cv2.INTER_CUBIC)
-        img = np.clip(img.astype(np.float32) + nz * float(rng.uniform(4, 14)), 0, 255).astype(np.uint8)
+        nz = cv2.resize(nz * float(rng.uniform(4, 14)), (w, h), interpolation=cv2.INTER_CUBIC)
+        img = cv2.convertScaleAbs(cv2.add(img.astype(np.float32), nz))
     return img
 
 

@@ -1,0 +1,284 @@
+"""The evaluation sets: attribute-labeled splits for the probe and held-out captioned faces for retrieval.
+
+* ``results/labeled/{train,val,test}``: the pipeline's labeled set (synthface identities or CelebA);
+* folders in their published formats, named in ``evaluate.datasets``: CelebA (``img_align_celeba/``,
+  ``list_attr_celeba.txt``, ``list_eval_partition.txt``), LFWA (the same layout for LFW: an attribute list
+  with -1/1 values and a partition file; a partition without a validation split gets one carved from the
+  training identities, never from the test split) and any folder with an attribute CSV.
+
+Problems stop with :class:`EvaluateInputError`, one line naming the file (and line).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facecaption import rng as rngmod
+from facecaption.labeled.celeba import CelebAFormatError, read_attributes
+from facecaption.shards import iter_samples, read_parquet
+
+SPLITS = ("train", "val", "test")
+SPLIT_CODE = {"0": "train", "1": "val", "2": "test"}
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class EvaluateInputError(ValueError):
+    """Bad evaluation input; the message names the file (and line)."""
+
+
+@dataclass
+class Split:
+    keys: list[str]
+    sources: list  # per sample: JPEG bytes, a path, or (path, "square")
+    labels: np.ndarray  # (n, attributes) uint8 0/1
+    identities: list = field(default_factory=list)  # group ids ("" = unknown)
+
+
+@dataclass
+class LabeledSet:
+    name: str
+    attributes: list[str]
+    splits: dict[str, Split]
+    note: str = ""
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(self.splits[s].keys) for s in SPLITS}
+
+
+def check_disjoint(ds: LabeledSet) -> dict[str, int]:
+    """Raise if two splits share a sample key or a known identity; return the overlap counts (all 0)."""
+    out = {}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        sa, sb = ds.splits[a], ds.splits[b]
+        keys = set(sa.keys) & set(sb.keys)
+        ids = ({i for i in sa.identities if i not in ("", -1, None)}
+               & {i for i in sb.identities if i not in ("", -1, None)})
+        if keys:
+            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share image {sorted(keys)[0]!r}")
+        if ids:
+            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share identity {sorted(ids, key=str)[0]!r}")
+        out[f"{a}_{b}"] = 0
+    return out
+
+
+# -- the pipeline's labeled set ------------------------------------------------------------------------
+def read_labeled(files: list[str], name: str | None = None) -> LabeledSet:
+    """``results/labeled/<split>.tar`` + ``.parquet`` (attribute columns are everything but key/split/identity)."""
+    splits, attributes, celeba_like = {}, None, True
+    for split in SPLITS:
+        tar = next((f for f in files if f.endswith(f"/{split}.tar")), None)
+        pq = next((f for f in files if f.endswith(f"/{split}.parquet")), None)
+        for f in (tar, pq):
+            if f is None or not Path(f).exists():
+                raise EvaluateInputError(f"{f or f'results/labeled/{split}'}: missing; run the labeled stage first")
+        df = read_parquet(pq)
+        cols = [c for c in df.columns if c not in ("key", "split", "identity")]
+        if attributes is None:
+            attributes = cols
+        elif cols != attributes:
+            raise EvaluateInputError(f"{pq}: attribute columns differ from the train split's")
+        errors: list = []
+        images = {s["__key__"]: s["jpg"] for s in iter_samples(tar, errors) if "jpg" in s}
+        if errors:
+            raise EvaluateInputError(f"{tar}: {errors[0]['reason']}")
+        missing = [k for k in df["key"] if k not in images]
+        if missing:
+            raise EvaluateInputError(f"{pq}: key {missing[0]!r} has no image in {tar}")
+        bad = ~df[cols].isin([0, 1]).all(axis=1)
+        if bad.any():
+            raise EvaluateInputError(f"{pq}: row {int(np.argmax(bad.to_numpy()))}: attribute values must be 0/1")
+        ids = df["identity"].tolist() if "identity" in df else [""] * len(df)
+        celeba_like &= all(i == -1 for i in ids)
+        splits[split] = Split(df["key"].tolist(), [images[k] for k in df["key"]],
+                              df[cols].to_numpy(dtype=np.uint8), ids)
+    name = name or ("CelebA" if celeba_like else "synthface")
+    return LabeledSet(name, attributes, splits)
+
+
+# -- folders in published formats ----------------------------------------------------------------------
+def _line_of(path: Path, name: str) -> int:
+    for no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if parts and parts[0] == name:
+            return no
+    return 0
+
+
+def _read_partition(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise EvaluateInputError(f"{path}: missing partition file")
+    out = {}
+    for no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in SPLIT_CODE:
+            raise EvaluateInputError(f"{path}:{no}: expected 'image 0|1|2' (train|val|test), found {line.strip()!r}")
+        out[parts[0]] = SPLIT_CODE[parts[1]]
+    return out
+
+
+def _person(name: str) -> str:
+    """LFW file names are ``First_Last_0001.jpg``: the identity is the name without the number."""
+    stem = Path(name).stem
+    return re.sub(r"_\d+$", "", stem)
+
+
+def _carve_val(names: list[str], identity: dict[str, str], share: float, seed: int, dsname: str) -> set[str]:
+    """Training identities (whole ones) moved to validation."""
+    people = sorted({identity[n] for n in names})
+    rng = rngmod.stream(seed, "evaluate/val_identities", dsname)
+    take = set(rng.choice(people, size=max(1, round(share * len(people))), replace=False).tolist())
+    return {n for n in names if identity[n] in take}
+
+
+def _find_image(folder: Path, name: str) -> Path | None:
+    p = folder / name
+    if p.exists():
+        return p
+    q = folder / _person(name) / Path(name).name  # LFW's per-person folders
+    return q if q.exists() else None
+
+
+def read_attribute_folder(spec: dict, seed: int = 0) -> LabeledSet:
+    """A CelebA- or LFWA-format folder (attribute list with -1/1 values + partition file)."""
+    fmt = spec["format"]
+    root = Path(spec["path"])
+    defaults = {"celeba": ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"),
+                "lfwa": ("lfw", "list_attr_lfw.txt", "list_eval_partition_lfw.txt")}[fmt]
+    images = root / (spec.get("images") or defaults[0])
+    attr_path = root / (spec.get("attributes") or defaults[1])
+    part_path = root / (spec.get("partition") or defaults[2])
+    if not root.is_dir():
+        raise EvaluateInputError(f"{root}: dataset folder of {spec['name']!r} does not exist")
+    if not attr_path.exists():
+        raise EvaluateInputError(f"{attr_path}: missing attribute file of {spec['name']!r}")
+    try:
+        header, labels = read_attributes(attr_path)
+    except CelebAFormatError as exc:
+        raise EvaluateInputError(str(exc)) from None
+    partition = _read_partition(part_path)
+    for name in partition:
+        if name not in labels:
+            raise EvaluateInputError(f"{part_path}:{_line_of(part_path, name)}: {name} has no row in {attr_path.name}")
+    for name in labels:
+        if name not in partition:
+            raise EvaluateInputError(f"{attr_path}:{_line_of(attr_path, name)}: {name} is not in {part_path.name}")
+    if not images.is_dir():
+        raise EvaluateInputError(f"{images}: missing image folder of {spec['name']!r}")
+    by_split = {s: sorted(n for n, v in partition.items() if v == s) for s in SPLITS}
+    identity = {n: (_person(n) if fmt == "lfwa" else "") for n in partition}
+    note = ""
+    if not by_split["val"]:
+        if fmt != "lfwa":
+            raise EvaluateInputError(f"{part_path}: no validation images (code 1)")
+        moved = _carve_val(by_split["train"], identity, spec.get("val_share", 0.1), seed, spec["name"])
+        by_split["val"] = sorted(moved)
+        by_split["train"] = [n for n in by_split["train"] if n not in moved]
+        note = "validation identities carved from the training split"
+    splits = {}
+    for s in SPLITS:
+        names = by_split[s][: spec["max_images"]] if spec.get("max_images") else by_split[s]
+        sources = []
+        for n in names:
+            p = _find_image(images, n)
+            if p is None:
+                raise EvaluateInputError(f"{part_path}:{_line_of(part_path, n)}: image {n} is missing from {images}")
+            sources.append((str(p), "square"))
+        splits[s] = Split([Path(n).stem for n in names], sources,
+                          np.array([labels[n] for n in names], dtype=np.uint8).reshape(len(names), len(header)),
+                          [identity[n] for n in names])
+    return LabeledSet(spec["name"], list(header), splits, note)
+
+
+def read_csv_folder(spec: dict, seed: int = 0) -> LabeledSet:
+    """A folder with an attribute CSV: ``image`` (path relative to the folder), optional ``split``
+    (train/val/test) and ``identity``, then one column per attribute with values -1/1 or 0/1. Without a
+    split column, identities (or images) are split 70/10/20 at random with the seed."""
+    root = Path(spec["path"])
+    path = root / (spec.get("attributes") or "attributes.csv")
+    if not path.exists():
+        raise EvaluateInputError(f"{path}: missing attribute file of {spec['name']!r}")
+    images = root / (spec.get("images") or ".")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or "image" not in rows[0]:
+        raise EvaluateInputError(f"{path}:1: the header needs an 'image' column")
+    header = [h.strip() for h in rows[0]]
+    meta = {"image", "split", "identity"}
+    attrs = [h for h in header if h not in meta]
+    if not attrs:
+        raise EvaluateInputError(f"{path}:1: no attribute columns")
+    recs = []
+    for no, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise EvaluateInputError(f"{path}:{no}: expected {len(header)} fields, found {len(row)}")
+        rec = dict(zip(header, (c.strip() for c in row)))
+        vals = []
+        for a in attrs:
+            v = rec[a]
+            if v not in ("-1", "0", "1"):
+                raise EvaluateInputError(f"{path}:{no}: attribute {a} value {v!r} is not -1/1 (or 0/1)")
+            vals.append(1 if v == "1" else 0)
+        if "split" in rec and rec["split"] not in SPLITS:
+            raise EvaluateInputError(f"{path}:{no}: split {rec['split']!r} is not train, val or test")
+        img = images / rec["image"]
+        if not img.exists():
+            raise EvaluateInputError(f"{path}:{no}: image {rec['image']} is missing from {images}")
+        recs.append((rec["image"], rec.get("identity", ""), rec.get("split"), vals, img))
+    if not recs:
+        raise EvaluateInputError(f"{path}: no rows")
+    if "split" not in header:
+        groups = sorted({r[1] or r[0] for r in recs})
+        perm = rngmod.stream(seed, "evaluate/csv_split", spec["name"]).permutation(len(groups))
+        cut1, cut2 = int(0.7 * len(groups)), int(0.8 * len(groups))
+        split_of = {groups[i]: ("train" if j < cut1 else "val" if j < cut2 else "test") for j, i in enumerate(perm)}
+        recs = [(a, b, split_of[b or a], d, e) for a, b, _, d, e in recs]
+    splits = {}
+    for s in SPLITS:
+        chosen = [r for r in recs if r[2] == s]
+        if spec.get("max_images"):
+            chosen = chosen[: spec["max_images"]]
+        if not chosen:
+            raise EvaluateInputError(f"{path}: split {s} is empty")
+        splits[s] = Split([r[0] for r in chosen], [str(r[4]) for r in chosen],
+                          np.array([r[3] for r in chosen], dtype=np.uint8), [r[1] for r in chosen])
+    return LabeledSet(spec["name"], attrs, splits)
+
+
+def read_dataset(spec: dict, seed: int = 0) -> LabeledSet:
+    if spec["format"] == "csv":
+        return read_csv_folder(spec, seed)
+    return read_attribute_folder(spec, seed)
+
+
+# -- held-out captioned faces --------------------------------------------------------------------------
+def read_captions(tars: list[str], limit: int | None = None) -> tuple[list[str], list[bytes], list[str]]:
+    """(keys, JPEG bytes, captions) from caption shards ``<key>.jpg`` + ``<key>.txt``, in shard order."""
+    keys, images, texts = [], [], []
+    for tar in tars:
+        if not Path(tar).exists():
+            raise EvaluateInputError(f"{tar}: missing caption shard; run the captions stage first")
+        errors: list = []
+        for s in iter_samples(tar, errors):
+            if "jpg" not in s or "txt" not in s:
+                continue
+            text = s["txt"].decode("utf-8").strip()
+            if not text:
+                continue
+            keys.append(s["__key__"])
+            images.append(s["jpg"])
+            texts.append(text)
+            if limit and len(keys) >= limit:
+                return keys, images, texts
+        if errors:
+            raise EvaluateInputError(f"{tar}: {errors[0]['reason']}")
+    return keys, images, texts
+

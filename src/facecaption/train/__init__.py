@@ -1,0 +1,199 @@
+"""Stage ``train``: FLIP pre-training of an open_clip model with Lightning on the caption shards.
+
+Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.train.model`) and
+``results/train/logs/`` (``csv/metrics.csv``, ``tb/`` TensorBoard events, ``summary.json``).
+
+Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<config hash>/``), outside
+``results/``: Snakemake deletes the declared outputs of a failed job, so a killed run, started again with
+the same config, resumes from the newest checkpoint there (same weights as an uninterrupted run). The logs
+are written beside the checkpoints and copied into ``results/train/logs`` when training ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from facecaption import workflow as W
+
+log = logging.getLogger(__name__)
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by the ``stop_after`` test hook."""
+
+
+def config_hash(cfg: dict, shards: list[str]) -> str:
+    data = {"seed": cfg["seed"], "train": {k: v for k, v in cfg["train"].items() if k != "resume_dir"},
+            "align": cfg.get("align", {}).get("size"), "shards": shards}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def _park_csv(logs: Path) -> None:
+    """Lightning's CSVLogger empties metrics.csv when it starts again: keep the interrupted run's rows."""
+    cur = logs / "csv" / "metrics.csv"
+    if cur.exists():
+        parts = logs / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        os.replace(cur, parts / f"metrics-{len(list(parts.glob('*.csv'))):03d}.csv")
+
+
+def merge_csv(logs: Path, out: Path) -> None:
+    """One metrics.csv across resumes: an interrupted part keeps only the steps before the next part began."""
+    import pandas as pd
+
+    files = sorted((logs / "parts").glob("*.csv")) + [logs / "csv" / "metrics.csv"]
+    frames = [pd.read_csv(f) for f in files if f.exists() and f.stat().st_size]
+    kept = []
+    for i, df in enumerate(frames):
+        if i + 1 < len(frames) and len(frames[i + 1]):
+            df = df[df["step"] < frames[i + 1]["step"].min()]
+        kept.append(df)
+    if kept:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(kept, ignore_index=True).to_csv(out, index=False)
+
+
+def hardware(tcfg: dict) -> dict:
+    import torch
+
+    acc = tcfg["accelerator"]
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    prec = tcfg["precision"]
+    if prec == "auto":
+        prec = "bf16-mixed" if acc == "gpu" else "32-true"
+    devices = tcfg["devices"]
+    if acc == "cpu":
+        devices = 1 if devices == "auto" else devices
+    multi = tcfg["num_nodes"] > 1 or (acc == "gpu" and (devices == "auto" and torch.cuda.device_count() > 1
+                                                         or isinstance(devices, int) and devices > 1))
+    strategy = "ddp" if multi else "auto"
+    return {"accelerator": acc, "precision": prec, "devices": devices, "num_nodes": tcfg["num_nodes"],
+            "strategy": strategy}
+
+
+def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None) -> dict:
+    """Train, export ``out_model``, copy logs to ``out_logs``; returns the summary. ``stop_after`` (tests)
+    raises after that many steps, as a killed job would stop."""
+    import lightning as L
+    import open_clip
+    import torch
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from facecaption.train import model as M
+    from facecaption.train.data import SKIP_REASONS, CaptionData
+    from facecaption.train.system import FlipSystem
+
+    tcfg, seed = cfg["train"], cfg["seed"]
+    if tcfg["threads"]:
+        torch.set_num_threads(tcfg["threads"])
+    image_size = cfg.get("align", {}).get("size")
+    arch = M.arch_for(tcfg["arch"], image_size)
+    missing = [s for s in shards if not os.path.exists(s)]
+    if missing:
+        raise M.TrainError(f"train error: caption shard {missing[0]} does not exist ({len(missing)} missing)")
+    hw = hardware(tcfg)
+    ckdir = Path(tcfg["resume_dir"]) / config_hash(cfg, shards)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    resume = latest_checkpoint(ckdir)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    model, _ = M.create(arch, seed=seed, init=tcfg["init"])
+    if tcfg["init"] is None:
+        with torch.no_grad():
+            model.logit_scale.fill_(float(torch.log(torch.tensor(1.0 / tcfg["init_temperature"]))))
+    tokenizer = open_clip.get_tokenizer(arch)
+    data = CaptionData(shards, tcfg, seed=seed, image_size=image_size or M._image_size(M.model_config(arch)),
+                       tokenizer=tokenizer)
+    if not data.val_shards:
+        log.warning("train: only %d shard(s); no held-out validation shards", len(shards))
+    system = FlipSystem(model, tcfg)
+
+    class _Stop(Callback):  # test hook: behave like a job killed after `stop_after` steps
+        def on_train_batch_end(self, trainer, *a):
+            if stop_after is not None and trainer.global_step >= stop_after:
+                raise SimulatedKill(f"stopped after step {trainer.global_step}")
+
+    _park_csv(ckdir / "logs")
+    every = tcfg["checkpoint_every"]
+    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="step{step:07d}", auto_insert_metric_name=False,
+                                 every_n_train_steps=every, save_top_k=2, monitor="step", mode="max",
+                                 save_last=True, save_on_train_epoch_end=False),
+                 TQDMProgressBar(refresh_rate=max(1, min(tcfg["log_every"], 10))), _Stop()]
+    loggers = [CSVLogger(save_dir=ckdir, name="logs", version="csv"),
+               TensorBoardLogger(save_dir=ckdir, name="logs", version="tb", default_hp_metric=False)]
+    has_val = bool(data.val_shards)
+    trainer = L.Trainer(
+        **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
+        gradient_clip_val=tcfg["grad_clip"], deterministic=hw["accelerator"] == "cpu",
+        val_check_interval=tcfg["val_every"] if has_val else None, check_val_every_n_epoch=None,
+        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=tcfg["log_every"],
+        default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False,
+    )
+    if resume:
+        log.info("train: resuming from %s", resume)
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*IterableDataset.*__len__.*")
+        warnings.filterwarnings("ignore", ".*that ended before the epoch ended.*")
+        trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
+    if getattr(trainer, "interrupted", False):
+        raise RuntimeError("training interrupted")
+    if has_val and trainer.global_step % tcfg["val_every"] != 0:
+        trainer.validate(system, datamodule=data, verbose=False)
+    final = ckdir / "final.ckpt"
+    trainer.save_checkpoint(final, weights_only=False)
+    summary = {}
+    if trainer.is_global_zero:
+        M.save_checkpoint(system.model, arch, out_model, steps=int(trainer.global_step))
+        summary = {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
+                   "samples": int(system.samples_seen), "train_seconds": float(system.train_seconds),
+                   "wall_seconds_this_run": time.time() - t0, "resumed_from": Path(resume).name if resume else None,
+                   "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
+                                     system.samples_seen / system.train_seconds if system.train_seconds else None),
+                   "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
+                   "world_size": trainer.world_size, "batch_size": tcfg["batch_size"],
+                   "global_batch": tcfg["batch_size"] * trainer.world_size,
+                   "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",
+                   "torch_threads": torch.get_num_threads(),
+                   "parameters": sum(p.numel() for p in system.model.parameters()),
+                   "embed_dim": M.model_config(arch)["embed_dim"],
+                   "train_shards": len(data.train_shards), "val_shards": len(data.val_shards)}
+        for lg in loggers:
+            lg.finalize("success")
+        out = Path(out_logs)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts"))
+        merge_csv(ckdir / "logs", out / "csv" / "metrics.csv")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        open_clip_cfg = {"arch": arch, "model_cfg": M.model_config(arch)}
+        (out / "model_config.json").write_text(json.dumps(open_clip_cfg, indent=1))
+    return summary
+
+
+def run(cfg: dict, args) -> int:
+    from facecaption.train.model import TrainError
+
+    model_out, logs_out = W.stage_outs("train")
+    try:
+        train(cfg, W.stage_deps("train", cfg), model_out, logs_out)
+    except TrainError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,224 @@
+"""Training data: a seeded, resumable webdataset stream of (face crop, caption) pairs from the caption shards.
+
+``results/captions/<shard>.tar`` holds ``<key>.jpg`` (aligned face crop) and ``<key>.txt`` (caption). The
+stream, per process (rank) and data-loader worker:
+
+* **split by node and worker**: with at least as many shards as readers (ranks x workers) each reader takes
+  every k-th shard of a seeded shard order; with fewer, every reader reads all shards and keeps every k-th
+  sample, so no worker starves on a small corpus;
+* **resampled** shards (``train.resampled``; on by default when more than one process trains): each reader
+  draws shards with replacement from its own seeded stream, the webdataset recipe for multi-node runs;
+* **shuffled with a seed**: a per-reader shuffle buffer driven by ``facecaption.rng.stream``;
+* **the paper's augmentation**: bicubic resize, horizontal flip, RandAugment, each sample's randomness keyed by
+  (seed, pass, sample key), never by order, so a resumed stream produces identical tensors;
+* **bad input is skipped and counted** (``missing_caption``, ``empty_text``, ``bad_image``), never fatal;
+* **resumable**: the stream is infinite and batches leave the workers round-robin (PyTorch's in-order
+  ``DataLoader``), so global batch ``i`` is batch ``i // W`` of worker ``i % W``; a run resumed after ``n``
+  optimiser steps makes every worker skip exactly the batches it had delivered, without augmenting them.
+
+The last ``train.val_shards`` shards are held out: a finite, unshuffled, unaugmented validation stream.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms as T
+
+from facecaption import rng as fcrng
+from facecaption.shards import iter_samples
+
+SKIP_REASONS = ("missing_caption", "empty_text", "bad_image")
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's (OpenAI) normalisation
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def train_transform(image_size: int, augment: dict):
+    steps = [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+    if augment.get("hflip", 0) > 0:
+        steps.append(T.RandomHorizontalFlip(p=augment["hflip"]))
+    if augment.get("randaugment_ops", 0) > 0:
+        steps.append(T.RandAugment(num_ops=augment["randaugment_ops"], magnitude=augment["randaugment_magnitude"],
+                                   interpolation=T.InterpolationMode.BICUBIC))
+    steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
+    return T.Compose(steps)
+
+
+def eval_transform(image_size: int):
+    return T.Compose([T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                      T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _decode(sample: dict) -> tuple[str | None, str | None, Image.Image | None]:
+    """(skip reason or None, caption, image)."""
+    if "txt" not in sample:
+        return "missing_caption", None, None
+    try:
+        caption = sample["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "empty_text", None, None
+    if not caption:
+        return "empty_text", None, None
+    data = sample.get("jpg") or sample.get("jpeg") or sample.get("png")
+    if not data:
+        return "bad_image", None, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image = im.convert("RGB")
+    except Exception:  # noqa: BLE001 (any undecodable image is skipped and counted)
+        return "bad_image", None, None
+    return None, caption, image
+
+
+class CaptionStream(IterableDataset):
+    """Infinite (train) or finite (validation) stream of batches ``(images, tokens, skipped[3])``."""
+
+    def __init__(self, shards: list[str], *, tokenizer, image_size: int, batch_size: int, seed: int,
+                 train: bool = True, augment: dict | None = None, shuffle_buffer: int = 500,
+                 resampled: bool = False, max_samples: int | None = None):
+        self.shards = list(shards)
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train = train
+        self.augment = augment or {}
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.max_samples = max_samples
+        self.rank, self.world = 0, 1
+        self.start_batches = 0  # global batches already consumed on this rank (resume)
+
+    # -- readers ---------------------------------------------------------------------------------------------
+    def _reader(self) -> tuple[int, int, int, int]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + w, self.world * nw, w, nw
+
+    def _raw(self, gid: int, total: int) -> Iterator[tuple[int, dict]]:
+        """(pass, sample) forever (train) or once (validation)."""
+        n = len(self.shards)
+        p = 0
+        while True:
+            yielded = 0
+            if not self.train:
+                order, by_sample = list(range(n)), True
+            elif self.resampled:
+                order = list(fcrng.stream(self.seed, "train-resample", gid, p).integers(0, n, size=n))
+                by_sample = False
+            else:
+                perm = list(fcrng.stream(self.seed, "train-shard-order", p).permutation(n))
+                by_sample = n < total
+                order = perm if by_sample else perm[gid::total]
+            i = 0
+            for s in order:
+                for sample in iter_samples(self.shards[s]):
+                    keep = (i % total == gid) if by_sample else True
+                    i += 1
+                    if keep:
+                        yielded += 1
+                        yield p, sample
+            if not self.train:
+                return
+            if yielded == 0 and (by_sample or self.resampled or p > 0):
+                raise RuntimeError(f"train error: no samples in the training shards ({n} shards)")
+            p += 1
+
+    def _shuffled(self, items: Iterator, gid: int) -> Iterator:
+        if not self.train or self.shuffle_buffer <= 1:
+            yield from items
+            return
+        r = random.Random(int(fcrng.stream(self.seed, "train-shuffle", gid).integers(2**63)))
+        buf: list = []
+        for item in items:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(item)
+                continue
+            j = r.randrange(len(buf))
+            buf[j], item = item, buf[j]
+            yield item
+        r.shuffle(buf)
+        yield from buf
+
+    def __iter__(self):
+        gid, total, w, nw = self._reader()
+        tf = train_transform(self.image_size, self.augment) if self.train else eval_transform(self.image_size)
+        skip = 0
+        if self.train and self.start_batches > w:
+            skip = math.ceil((self.start_batches - w) / nw)  # batches this worker delivered before the resume
+        skipped = np.zeros(len(SKIP_REASONS), np.int64)
+        images, texts, emitted, seen = [], [], 0, 0
+        for p, sample in self._shuffled(self._raw(gid, total), gid):
+            if self.max_samples is not None and seen >= math.ceil(self.max_samples / total):
+                break
+            reason, caption, image = _decode(sample)
+            if reason is not None:
+                skipped[SKIP_REASONS.index(reason)] += 1
+                continue
+            seen += 1
+            if emitted < skip:
+                images.append(None)  # counted, not augmented
+            elif self.train:
+                sseed = int(fcrng.stream(self.seed, "train-augment", p, sample["__key__"]).integers(2**63))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sseed)
+                    images.append(tf(image))
+            else:
+                images.append(tf(image))
+            texts.append(caption)
+            if len(images) == self.batch_size:
+                if emitted >= skip:
+                    yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy())
+                skipped[:] = 0  # per-batch counts (those of skipped batches were counted before the resume)
+                emitted += 1
+                images, texts = [], []
+        if images and not self.train:
+            yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy())
+
+
+class CaptionData(L.LightningDataModule):
+    """Train stream over all but the last ``val_shards`` caption shards; validation on those."""
+
+    def __init__(self, shards: list[str], tcfg: dict, *, seed: int, image_size: int, tokenizer):
+        super().__init__()
+        nval = tcfg["val_shards"] if len(shards) > tcfg["val_shards"] else 0
+        self.train_shards = shards[: len(shards) - nval]
+        self.val_shards = shards[len(shards) - nval:]
+        self.tcfg, self.seed, self.image_size, self.tokenizer = tcfg, seed, image_size, tokenizer
+
+    def _world(self) -> tuple[int, int]:
+        t = getattr(self, "trainer", None)
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._world()
+        resampled = self.tcfg["resampled"]
+        if resampled == "auto":
+            resampled = world > 1
+        ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=self.image_size,
+                           batch_size=self.tcfg["batch_size"], seed=self.seed, train=True,
+                           augment=self.tcfg["augment"], shuffle_buffer=self.tcfg["shuffle_buffer"],
+                           resampled=bool(resampled))
+        ds.rank, ds.world = rank, world
+        ds.start_batches = self.trainer.global_step if getattr(self, "trainer", None) is not None else 0
+        nw = self.tcfg["num_workers"]
+        return DataLoader(ds, batch_size=None, num_workers=nw, persistent_workers=False,
+                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if nw else None)
+
+    def val_dataloader(self):
+        if not self.val_shards:
+            return []
+        rank, world = self._world()
+        ds = CaptionStream(self.val_shards, tokenizer=self.tokenizer, image_size=self.image_size,
+                           batch_size=self.tcfg["batch_size"], seed=self.seed, train=False,
+                           max_samples=self.tcfg["val_max_samples"])
+        ds.rank, ds.world = rank, world
+        return DataLoader(ds, batch_size=None, num_workers=0)

@@ -1,0 +1,299 @@
+"""Stage evaluate: metrics on hand-made cases, split disjointness, published-format parsing, bad input, and
+one in-process run of the stage on the tiny config (labeled splits, hand-made caption shards, a tiny FLIP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_stage, tiny_config
+from facecaption.evaluate import data as D
+from facecaption.evaluate import metrics as M
+from facecaption.evaluate import probe as P
+from facecaption.evaluate.data import EvaluateInputError
+from facecaption.shards import ShardWriter, iter_samples, read_parquet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # OMP_NUM_THREADS from conftest comes after torch was imported; on a loaded 2-core machine two threads
+    # make the small encoders several times slower
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def test_recall_perfect_and_reversed_ranking():
+    n = 20
+    sim = np.eye(n)
+    pos = np.eye(n, dtype=bool)
+    assert M.recall_at_k(sim, pos, (1, 5, 10)) == {1: 1.0, 5: 1.0, 10: 1.0}
+    # the positive scored worst of all: never within the top 10 of 20
+    assert M.recall_at_k(-sim, pos, (1, 5, 10)) == {1: 0.0, 5: 0.0, 10: 0.0}
+
+
+def test_recall_random_ranking_is_k_over_n():
+    rng = np.random.default_rng(0)
+    n = 400
+    sim = rng.random((n, n))
+    r = M.recall_at_k(sim, np.eye(n, dtype=bool), (1, 5, 10))
+    for k, v in r.items():
+        assert abs(v - k / n) < 3 * np.sqrt(k / n / n) + 1e-9 + 0.01
+
+
+def test_recall_ties_count_against_the_query():
+    sim = np.zeros((5, 5))  # a constant scorer gets no credit
+    assert M.recall_at_k(sim, np.eye(5, dtype=bool), (1, 4))[1] == 0.0
+    assert M.recall_at_k(sim, np.eye(5, dtype=bool), (5,))[5] == 1.0
+
+
+def test_retrieval_merges_identical_captions():
+    img = np.eye(4, dtype=np.float32)
+    img[3] = img[2]  # faces 2 and 3 look alike and share a caption
+    txt = img.copy()
+    caps = ["a", "b", "c", "c"]
+    r = M.retrieval(img, txt, caps)  # three candidates; caption "c" has two positives
+    assert r["i2t_r1"] == 1.0 and r["t2i_r1"] == 1.0
+    img[3] = -img[2]  # face 3 now scores worst with its caption
+    r = M.retrieval(img, txt, caps)
+    assert r["i2t_r1"] == 0.75 and r["t2i_r1"] == 1.0
+
+
+def test_probe_learns_a_separable_attribute_and_majority():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0.5], 1).astype(np.uint8)
+    res = P.fit_and_score((x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:]), [1e-3, 1e-1], 50)
+    assert res["test_accuracy"].min() > 0.9
+    assert P.majority(y[:200], y[250:])[1] == pytest.approx((y[250:, 1] == 0).mean())
+    a = P.subset(1000, 0.01, 0, "d", 0)
+    assert len(a) == 10 and len(set(a)) == 10
+    assert not np.array_equal(a, P.subset(1000, 0.01, 0, "d", 1))
+    assert np.array_equal(a, P.subset(1000, 0.01, 0, "d", 0))
+
+
+# -- splits ----------------------------------------------------------------------------------------------
+def _split(keys, ids):
+    return D.Split(list(keys), [b""] * len(keys), np.zeros((len(keys), 1), np.uint8), list(ids))
+
+
+def test_split_disjointness_is_checked():
+    ok = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("c", [3]), "test": _split("d", [4])})
+    assert D.check_disjoint(ok) == {"train_val": 0, "train_test": 0, "val_test": 0}
+    bad = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("c", [3]), "test": _split("d", [2])})
+    with pytest.raises(EvaluateInputError, match="share identity"):
+        D.check_disjoint(bad)
+    bad = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("b", [3]), "test": _split("d", [4])})
+    with pytest.raises(EvaluateInputError, match="share image"):
+        D.check_disjoint(bad)
+
+
+# -- published formats -----------------------------------------------------------------------------------
+ATTRS = ["Eyeglasses", "Male", "Smiling"]
+
+
+def _celeba_folder(root: Path, n: int = 12, fmt: str = "celeba", parts=(0, 1, 2)) -> Path:
+    images = root / ("img_align_celeba" if fmt == "celeba" else "lfw")
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names, lines, part = [], [str(n), " ".join(ATTRS)], []
+    for i in range(n):
+        name = f"{i + 1:06d}.jpg" if fmt == "celeba" else f"Person_{i // 2}_{i % 2 + 1:04d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (218, 178, 3), dtype=np.uint8)).save(images / name)
+        vals = ["1" if (i >> j) & 1 else "-1" for j in range(len(ATTRS))]
+        lines.append(f"{name}  " + " ".join(vals))
+        part.append(f"{name} {parts[(i // 2) % len(parts)]}")
+        names.append(name)
+    attr, partition = ("list_attr_celeba.txt", "list_eval_partition.txt") if fmt == "celeba" else \
+        ("list_attr_lfw.txt", "list_eval_partition_lfw.txt")
+    (root / attr).write_text("\n".join(lines) + "\n")
+    (root / partition).write_text("\n".join(part) + "\n")
+    return root
+
+
+def test_celeba_format_parsing(tmp_path):
+    root = _celeba_folder(tmp_path / "celeba")
+    ds = D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
+    assert ds.attributes == ATTRS
+    assert ds.sizes() == {"train": 4, "val": 4, "test": 4}
+    assert ds.splits["train"].keys == ["000001", "000002", "000007", "000008"]
+    # 000002 (i = 1): Eyeglasses 1, Male -1, Smiling -1
+    assert ds.splits["train"].labels[1].tolist() == [1, 0, 0]
+    from facecaption.evaluate.encoders import open_image
+
+    im = open_image(ds.splits["test"].sources[0])
+    assert im.size == (178, 178)
+
+
+def test_lfwa_without_val_carves_identities_from_train(tmp_path):
+    root = _celeba_folder(tmp_path / "lfwa", n=20, fmt="lfwa", parts=(0, 2))
+    ds = D.read_dataset({"name": "LFWA", "format": "lfwa", "path": str(root), "val_share": 0.3}, seed=0)
+    assert ds.sizes()["val"] > 0
+    assert ds.sizes()["train"] + ds.sizes()["val"] == 10 and ds.sizes()["test"] == 10
+    D.check_disjoint(ds)
+    assert not set(ds.splits["val"].keys) & set(ds.splits["test"].keys)
+
+
+def test_csv_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["image,identity,Eyeglasses,Wearing_Hat"]
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"f{i}.png")
+        rows.append(f"f{i}.png,p{i // 3},{1 if i % 2 else -1},{i % 3 == 0:d}")
+    (tmp_path / "attributes.csv").write_text("\n".join(rows) + "\n")
+    ds = D.read_dataset({"name": "mine", "format": "csv", "path": str(tmp_path)}, seed=0)
+    assert ds.attributes == ["Eyeglasses", "Wearing_Hat"]
+    assert sum(ds.sizes().values()) == 30
+    D.check_disjoint(ds)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("missing_attr", r"list_attr_celeba.txt: missing attribute file"),
+    ("bad_value", r"list_attr_celeba.txt:5: attribute value '0' is not -1 or 1"),
+    ("extra_partition", r"list_eval_partition.txt:13: 999999.jpg has no row in list_attr_celeba.txt"),
+    ("missing_row", r"list_attr_celeba.txt:14: 000012.jpg is not in list_eval_partition.txt"),
+    ("missing_image", r"list_eval_partition.txt:3: image 000003.jpg is missing"),
+])
+def test_bad_celeba_input_names_file_and_line(tmp_path, damage, expected):
+    root = _celeba_folder(tmp_path / "celeba")
+    attr, part = root / "list_attr_celeba.txt", root / "list_eval_partition.txt"
+    if damage == "missing_attr":
+        attr.unlink()
+    elif damage == "bad_value":
+        lines = attr.read_text().splitlines()
+        lines[4] = lines[4].replace("-1", "0", 1)
+        attr.write_text("\n".join(lines) + "\n")
+    elif damage == "extra_partition":
+        part.write_text(part.read_text() + "999999.jpg 0\n")
+    elif damage == "missing_row":
+        part.write_text("\n".join(part.read_text().splitlines()[:-1]) + "\n")
+    elif damage == "missing_image":
+        (root / "img_align_celeba" / "000003.jpg").unlink()
+    with pytest.raises(EvaluateInputError, match=expected):
+        D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
+
+
+def test_bad_csv_value_names_file_and_line(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "attributes.csv").write_text("image,Male\na.png,1\na.png,2\n")
+    with pytest.raises(EvaluateInputError, match=r"attributes.csv:3: attribute Male value '2'"):
+        D.read_dataset({"name": "c", "format": "csv", "path": str(tmp_path)})
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+CAPTION_WORDS = {"Male": ("a man", "a woman"), "Eyeglasses": ("with glasses", ""), "Smiling": ("smiling", ""),
+                 "Wearing_Hat": ("wearing a hat", ""), "Black_Hair": ("with black hair", "")}
+
+
+def _caption(row) -> str:
+    return " ".join(w for a, (p, n) in CAPTION_WORDS.items() for w in [p if row[a] else n] if w)
+
+
+def make_stage_inputs(root: Path) -> dict:
+    """In ``root``: labeled splits (tiny config), caption shards made from labeled faces (the last shard is
+    the held-out one) and a tiny untrained 'FLIP' checkpoint. Returns the config."""
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = tiny_config()
+        assert run_stage("labeled", cfg) == 0
+        df = read_parquet("results/labeled/test.parquet")
+        images = {s["__key__"]: s["jpg"] for s in iter_samples("results/labeled/test.tar")}
+        Path("results/captions").mkdir(parents=True)
+        for shard, part in (("00000", df.iloc[:20]), ("00001", df.iloc[20:])):
+            with ShardWriter(f"results/captions/{shard}.tar") as w:
+                for _, row in part.iterrows():
+                    w.write({"__key__": row["key"], "jpg": images[row["key"]], "txt": _caption(row)})
+        from facecaption.train import model as tm
+
+        arch = tm.arch_for(cfg["train"]["arch"], cfg["align"]["size"])
+        model, _ = tm.create(arch, seed=1)
+        Path("results/train").mkdir(parents=True)
+        tm.save_checkpoint(model, arch, "results/train/flip.pt")
+    finally:
+        os.chdir(cwd)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    return root, make_stage_inputs(root)
+
+
+@pytest.fixture
+def in_stage_dir(stage_inputs, monkeypatch):
+    root, cfg = stage_inputs
+    monkeypatch.chdir(root)
+    return cfg
+
+
+def _fast(cfg, **ev):
+    cfg = json.loads(json.dumps(cfg))
+    cfg["evaluate"].update({"label_fractions": [0.1, 1.0], "seeds": 2, "weight_decays": [0.1, 0.001],
+                            "probe_iterations": 30, **ev})
+    return cfg
+
+
+def test_stage_writes_report(in_stage_dir, tmp_path):
+    cfg = _fast(in_stage_dir)
+    assert run_stage("evaluate", cfg) == 0
+    rep = Path("results/reports/evaluate")
+    m = json.loads((rep / "metrics.json").read_text())
+    assert m["models"] == ["FLIP", "random init"]
+    assert m["default_dataset"] == "synthface"
+    assert m["datasets"]["synthface"]["train"] == 120 and m["datasets"]["synthface"]["test"] == 60
+    p = m["probe"]["synthface"]
+    assert set(p) == {"FLIP", "random init", "majority class"}
+    assert set(p["FLIP"]) == {"10", "100"}
+    assert 0 <= p["FLIP"]["10"]["mean"] <= 100 and p["FLIP"]["100"]["std"] == 0
+    assert len(p["FLIP"]["10"]["runs"]) == 2
+    assert m["retrieval_faces"] == 40  # the last caption shard only (train.val_shards = 1)
+    assert set(m["retrieval"]["FLIP"]) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
+    assert "probe_beats_random" in m["acceptance"] and "retrieval_beats_random" in m["acceptance"]
+    assert len(m["per_attribute"]["synthface"]["FLIP"]) == 39
+    for t in ("probe", "retrieval", "zeroshot"):
+        table = json.loads((rep / "tables" / f"{t}.json").read_text())
+        assert table["rows"]
+    probe = json.loads((rep / "tables" / "probe.json").read_text())
+    assert probe["quoted_rows"] and all(probe["rows"][i][0].endswith("(paper)") for i in probe["quoted_rows"])
+    assert (rep / "figures" / "per_attribute.png").stat().st_size > 1000
+    assert (rep / "probe_runs.csv").exists() and (rep / "retrieval_runs.csv").exists()
+    first = (rep / "metrics.json").read_bytes()
+    # the paper section compiles against these artifacts
+    import shutil
+
+    import typst
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "paper", tmp_path / "paper")
+    (tmp_path / "results" / "reports").mkdir(parents=True)
+    shutil.copytree(rep, tmp_path / "results" / "reports" / "evaluate")
+    typst.compile(str(tmp_path / "paper" / "paper.typ"), output=str(tmp_path / "p.pdf"), root=str(tmp_path),
+                  sys_inputs={"sections": "evaluate"})
+    assert (tmp_path / "p.pdf").stat().st_size > 1000
+    # deterministic: same inputs, same metrics
+    assert run_stage("evaluate", cfg) == 0
+    assert (rep / "metrics.json").read_bytes() == first
+
+
+def test_missing_baseline_stops_with_one_line(in_stage_dir, capsys):
+    cfg = _fast(in_stage_dir, baselines=[{"name": "CLIP ViT-B/16", "arch": "ViT-B-16", "path": "/nowhere/clip.pt"}])
+    assert run_stage("evaluate", cfg) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "evaluate: /nowhere/clip.pt: weights of baseline 'CLIP ViT-B/16' (evaluate.baselines) missing"
+
+
+def test_missing_checkpoint_stops(in_stage_dir, capsys):
+    cfg = _fast(in_stage_dir, checkpoint="results/train/none.pt")
+    assert run_stage("evaluate", cfg) == 2
+    assert "results/train/none.pt: FLIP checkpoint missing" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""Train stage on CPU: tiny coloured-face shards whose captions name the colour, so the loss falls fast."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_stage, tiny_config
+from facecaption import workflow as W
+from facecaption.shards import ShardWriter, encode_jpeg
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40),
+           "purple": (150, 40, 180), "white": (240, 240, 240), "black": (15, 15, 15), "orange": (240, 140, 20)}
+SIZE = 32
+
+
+def tiny_train_cfg(**train) -> dict:
+    t = {"batch_size": 16, "max_steps": 12, "lr": 5e-4, "warmup_steps": 2, "val_every": 6, "val_max_samples": 32,
+         "log_every": 2, "checkpoint_every": 4, "num_workers": 0, "shuffle_buffer": 64, "threads": 1,
+         "augment": {"randaugment_ops": 1}}
+    t.update(train)
+    return tiny_config(align={"size": SIZE}, train=t)
+
+
+def face(rng: np.random.Generator, colour: tuple) -> np.ndarray:
+    img = np.full((SIZE, SIZE, 3), 90, np.uint8) + rng.integers(0, 30, (SIZE, SIZE, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    mask = (yy - SIZE / 2) ** 2 / 0.16 + (xx - SIZE / 2) ** 2 / 0.1 < SIZE ** 2
+    img[mask] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    return img
+
+
+def write_shards(n_shards: int = 2, per_shard: int = 96, bad: bool = False) -> list[str]:
+    paths = W.stage_deps("train", tiny_train_cfg(), shards=[f"{i:05d}" for i in range(n_shards)])
+    names = list(COLOURS)
+    for s, path in enumerate(paths):
+        rng = np.random.default_rng(s)
+        with ShardWriter(path) as w:
+            for i in range(per_shard):
+                c = names[int(rng.integers(len(names)))]
+                key = f"{s:05d}_{i:05d}_00"
+                sample = {"__key__": key, "jpg": encode_jpeg(face(rng, COLOURS[c])), "txt": f"a face painted {c}"}
+                if bad and i == 3:
+                    del sample["txt"]  # missing caption
+                if bad and i == 5:
+                    sample["jpg"] = b"not a jpeg"  # unreadable image
+                if bad and i == 7:
+                    sample["txt"] = "  "  # empty text
+                w.write(sample)
+    return paths
+
+
+def losses(logs: str) -> list[tuple[int, float]]:
+    import csv
+
+    rows = {}
+    with open(Path(logs) / "csv" / "metrics.csv") as f:
+        for r in csv.DictReader(f):
+            if r.get("train/loss"):
+                rows[int(r["step"])] = float(r["train/loss"])
+    return sorted(rows.items())
+
+
+def test_loss_falls_and_export_roundtrips(workdir):
+    import open_clip
+    from PIL import Image
+
+    from facecaption.train import model as M
+
+    cfg = tiny_train_cfg(max_steps=16)
+    write_shards(bad=True)
+    t0 = time.time()
+    assert run_stage("train", cfg) == 0
+    elapsed = time.time() - t0
+    model_path, logs = W.stage_outs("train")
+    ls = losses(logs)
+    assert np.mean([v for _, v in ls[-3:]]) < ls[0][1] - 0.4, ls
+    summary = json.loads((Path(logs) / "summary.json").read_text())
+    assert summary["steps"] == 16
+    assert summary["skipped"] == {"missing_caption": 1, "empty_text": 1, "bad_image": 1} or \
+        all(v >= 1 for v in summary["skipped"].values()), summary["skipped"]
+    assert elapsed < 90
+
+    # plain open_clip loads the export and gives the same embeddings as the pipeline's loader
+    arch = summary["arch"]
+    plain, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=model_path)
+    plain.eval()
+    ours, pre2, tok = M.load(model_path, cfg["train"]["arch"])
+    images = [Image.fromarray(face(np.random.default_rng(9), c)) for c in COLOURS.values()]
+    texts = [f"a face painted {c}" for c in COLOURS]
+    a = M.encode_images(ours, pre2, images)
+    with torch.no_grad():
+        b = plain.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    t = M.encode_texts(ours, tok, texts)
+    assert t.shape == (len(texts), a.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
+    # the trained model matches colours to captions better than chance
+    assert (np.argmax(a @ t.T, axis=1) == np.arange(len(texts))).mean() > 1 / len(texts)
+
+
+def test_kill_and_resume_gives_same_weights(workdir):
+    from facecaption.train import SimulatedKill, train
+    from facecaption.train.model import read_checkpoint
+
+    write_shards()
+    shards = W.stage_deps("train", tiny_train_cfg())
+    full = tiny_train_cfg(max_steps=6, num_workers=2, checkpoint_every=2, val_every=3, resume_dir="cache/a")
+    train(full, shards, "a.pt", "logs_a")
+    cut = tiny_train_cfg(max_steps=6, num_workers=2, checkpoint_every=2, val_every=3, resume_dir="cache/b")
+    with pytest.raises(SimulatedKill):
+        train(cut, shards, "b.pt", "logs_b", stop_after=5)  # checkpoint at step 4, killed after step 5
+    assert not Path("b.pt").exists()
+    summary = train(cut, shards, "b.pt", "logs_b")
+    assert summary["resumed_from"] is not None and summary["steps"] == 6
+    assert [s for s, _ in losses("logs_b")] == [s for s, _ in losses("logs_a")]  # curves survive the kill
+    a, b = read_checkpoint("a.pt")["state_dict"], read_checkpoint("b.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_missing_init_weights_is_one_line(workdir, capsys):
+    write_shards(n_shards=2, per_shard=8)
+    assert run_stage("train", tiny_train_cfg(init="nowhere/weights.pt")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "train error: train.init: weights file nowhere/weights.pt does not exist"
+
+
+def test_baseline_loader_is_fixed():
+    from facecaption.train import model as M
+
+    m1, _, _ = M.load(None, "FLIP-Tiny", image_size=SIZE)
+    m2, _, _ = M.load(None, "FLIP-Tiny", image_size=SIZE)
+    for (k, v), (_, w) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_report_and_paper_section(workdir):
+    """report_train on a logged run, and the paper section compiles against it."""
+    import typst
+
+    write_shards(per_shard=40)
+    cfg = tiny_train_cfg(max_steps=4, val_every=2, log_every=1)
+    assert run_stage("train", cfg) == 0
+    assert run_stage("report_train", cfg) == 0
+    m = json.loads(Path(W.report_dir("train"), "metrics.json").read_text())
+    assert m["steps"] == 4 and m["initial_loss"] is not None and m["final_val_loss"] is not None
+    assert Path(W.report_dir("train"), "figures", "curves.png").exists()
+    Path("paper/t.typ").write_text('#include "sections/train.typ"\n')
+    typst.compile("paper/t.typ", output="t.pdf", root=".")
+    assert Path("t.pdf").stat().st_size > 1000

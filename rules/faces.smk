@@ -10,6 +10,8 @@ rule faces:
         outs("faces"),
     params:
         cfg=cfg("faces"),
+    conda:
+        CONDA_ENV
     log:
         "logs/faces/{shard}.log",
     message:
@@ -28,6 +30,8 @@ rule report_faces:
         outs("report_faces"),
     params:
         cfg=cfg("report_faces"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_faces.log",
     message:

@@ -18,3 +18,22 @@ rule paper:
         mem_mb=mem_of("paper", 2000),
     shell:
         "facecaption paper --cfg {params.cfg:q} 2> {log}"
+
+
+rule report_cost:
+    input:
+        deps("report_cost"),
+    output:
+        outs("report_cost"),
+    params:
+        cfg=cfg("report_cost"),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report_cost.log",
+    message:
+        "report: cost of the 50M-URL run, projected from the benchmarks"
+    resources:
+        mem_mb=mem_of("report_cost", 1000),
+    shell:
+        "facecaption report_cost --cfg {params.cfg:q} 2> {log}"

@@ -9,6 +9,8 @@ rule quality:
         outs("quality"),
     params:
         cfg=cfg("quality"),
+    conda:
+        CONDA_ENV
     log:
         "logs/quality/{shard}.log",
     message:
@@ -27,6 +29,8 @@ rule report_quality:
         outs("report_quality"),
     params:
         cfg=cfg("report_quality"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_quality.log",
     message:

@@ -138,7 +138,9 @@ class Server(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):  # requests stay on loopback
+        monkeypatch.delenv(var, raising=False)
     srv = Server()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()

@@ -297,3 +297,16 @@ def test_missing_checkpoint_stops(in_stage_dir, capsys):
     cfg = _fast(in_stage_dir, checkpoint="results/train/none.pt")
     assert run_stage("evaluate", cfg) == 2
     assert "results/train/none.pt: FLIP checkpoint missing" in capsys.readouterr().err
+
+
+def test_pooled_intermediate_features():
+    from facecaption.evaluate import encoders as E
+
+    enc = E.load("random", "FLIP-Tiny", None)
+    images = [Image.new("RGB", (112, 112), c) for c in ("red", "green", "blue")]
+    final = E.image_features(enc, images, batch=2)
+    pooled = E.image_features(enc, images, batch=2, pooled_blocks=2)
+    width = enc.model.visual.transformer.width
+    assert final.shape == (3, 128) and pooled.shape == (3, 128 + 2 * width)
+    np.testing.assert_allclose(pooled[:, :128], final, atol=1e-5)
+    assert np.allclose(np.linalg.norm(final, axis=1), 1, atol=1e-5)

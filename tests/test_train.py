@@ -66,6 +66,7 @@ def losses(logs: str) -> list[tuple[int, float]]:
     return sorted(rows.items())
 
 
+@pytest.mark.slow
 def test_loss_falls_and_export_roundtrips(workdir):
     import open_clip
     from PIL import Image
@@ -104,6 +105,7 @@ def test_loss_falls_and_export_roundtrips(workdir):
     assert (np.argmax(a @ t.T, axis=1) == np.arange(len(texts))).mean() > 1 / len(texts)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_same_weights(workdir):
     from facecaption.train import SimulatedKill, train
     from facecaption.train.model import read_checkpoint

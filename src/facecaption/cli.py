@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "facecaption.evaluate:run",
     "quality": "facecaption.quality:run",
     "report_quality": "facecaption.quality.report:run",
+    "report_cost": "facecaption.cost:run",
     "paper": "facecaption.paper:run",
     "dvc-yaml": "facecaption.dvcyaml:run",
 }

@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           code=(f"{PKG}/faces",), help="detect, filter and align faces"),
     _report("faces", deps=(f"{R}/faces/{ALL}.parquet", f"{R}/faces/{ALL}.records.parquet",
                            f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet"),
-            params=("faces",), code="faces/report.py", help="face funnel and detection audit"),
+            params=("faces",), code="faces", help="face funnel and detection audit"),
     # -- attributes ----------------------------------------------------------------------------------------
     Stage("attributes_train", deps=_split_files("tar") + _split_files("parquet"), params=("seed", "attributes"),
           outs=(f"{R}/attributes/model.pt", f"{R}/attributes/model.json"),
@@ -109,6 +109,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                              f"{R}/faces/{ALL}.records.parquet", f"{R}/attributes/{ALL}.parquet", f"{R}/train/flip.pt"),
             params=("quality", "train"), code="quality",
             help="Table 1, quality histograms, relevance, dataset card"),
+    Stage("report_cost", deps=("benchmarks/results", f"{R}/collect/{ALL}.tar", f"{R}/faces/{ALL}.tar",
+                               f"{R}/captions/{ALL}.tar"),
+          params=("cost",), outs=(f"{R}/reports/cost",), dirs=(f"{R}/reports/cost",),
+          code=(f"{PKG}/cost.py",), help="CPU/GPU-hours, storage and wall time projected for the real run"),
     # -- paper ---------------------------------------------------------------------------------------------
     Stage("paper", params=("paper", "source"),
           deps=("paper/paper.typ", "paper/lib.typ", "paper/sections", f"{R}/reports/{{sections}}"),

@@ -261,7 +261,7 @@ class Grammar:
                             continue
                         sec = "present" if value else "absent"
                         where = lines[(f"{sec}:{attr}", gender if gender in variants else None)]
-                        pair.append(self._flat_phrase(self._flatten(alts, gender, src, where)))
+                        pair.append(self._flat_phrase(self._flatten(alts, gender, src, where), negated=not value))
                     if pair[0] is not None or pair[1] is not None:
                         members.append((attr, pair[0], pair[1]))
                 tmpl = self.group_templates[gname]
@@ -317,12 +317,13 @@ class Grammar:
         return (tuple(cum), acc, tuple(t for _, t, _ in items), tuple(gd for _, _, gd in items))
 
     @staticmethod
-    def _flat_phrase(fl: tuple) -> tuple:
-        """Phrase choice: (cum, total, texts, gendered, verbs, rests)."""
+    def _flat_phrase(fl: tuple, negated: bool = False) -> tuple:
+        """Phrase choice: (cum, total, texts, gendered, verbs, rests). A negation never shares its verb
+        ("wears no hat" + "wears a tie" must not become "wears no hat and a tie")."""
         verbs, rests = [], []
         for t in fl[2]:
             verb, _, rest = t.partition(" ")
-            verbs.append(verb)
+            verbs.append("!" + verb if negated else verb)
             rests.append(rest)
         return (*fl, tuple(verbs), tuple(rests))
 

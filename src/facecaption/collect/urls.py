@@ -20,7 +20,19 @@ For one shard:
    ``error_message`` the raw error, ``downloaded`` whether a body arrived; input columns named by
    ``urls.keep_columns`` (e.g. the released face box and face caption) are kept in the parquet and json.
 
-Nothing else is contacted: wandb is never started (img2dataset's logger process is not used).
+Nothing else is contacted: wandb is never started (img2dataset's logger process is not used), and
+albumentations' version check is switched off.
+
+Past one machine
+----------------
+* Several machines, one Snakemake: collect is a local rule for this source (compute nodes often have no
+  internet), so shards download on the machine running Snakemake, ``--cores`` of them at a time, each with
+  ``urls.processes`` x ``urls.threads`` connections. Later stages run on the cluster as usual.
+* ``urls.distributor: pyspark`` (``pip install pyspark``; an active SparkSession is reused, else a local one
+  with ``processes`` cores is started) or ``ray`` (``pip install ray``; ``ray.init`` connects to the running
+  cluster, e.g. ``RAY_ADDRESS``) spread the chunks of each shard over the cluster's workers; ``urls.work_dir``
+  must then be on a filesystem every worker sees. Raise ``per_shard`` so one shard has many chunks.
+* Resumption works the same in every mode: a chunk is done when its ``_stats.json`` exists.
 """
 
 from __future__ import annotations
@@ -116,11 +128,29 @@ def _csv_reader(path: Path, columns: list[str] | None = None):
     return pacsv.open_csv(path, parse_options=parse, convert_options=conv), names
 
 
-def _count(path: Path) -> int:
+def _count(path: Path, cache_dir: str | None = None) -> int:
+    """Rows of one input file: parquet metadata, or one streaming pass over a CSV (remembered in
+    ``<work_dir>/_counts/`` keyed by path, size and mtime, so each shard does not pass over it again)."""
     if _fmt(path) == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
-    reader, names = _csv_reader(path, columns=names_first(path)[:1])
-    return sum(batch.num_rows for batch in reader)
+    st = path.stat()
+    memo = None
+    if cache_dir:
+        tag = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+        memo = Path(cache_dir) / "_counts" / f"{tag}.txt"
+        if memo.exists():
+            try:
+                return int(memo.read_text())
+            except ValueError:
+                pass
+    reader, _ = _csv_reader(path, columns=names_first(path)[:1])
+    n = sum(batch.num_rows for batch in reader)
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(str(n))
+        os.replace(tmp, memo)
+    return n
 
 
 def names_first(path: Path) -> list[str]:
@@ -133,7 +163,7 @@ def names_first(path: Path) -> list[str]:
 
 def count_urls(ucfg: dict) -> int:
     """Number of input rows (all files): parquet metadata, or one streaming pass over a CSV."""
-    return sum(_count(p) for p in input_files(ucfg))
+    return sum(_count(p, ucfg.get("work_dir")) for p in input_files(ucfg))
 
 
 def _read_rows(path: Path, lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
@@ -167,7 +197,7 @@ def read_slice(ucfg: dict, lo: int, hi: int) -> tuple[pd.DataFrame, list[str]]:
     frames, offset, kept_out = [], 0, []
     url_col, cap_col, keep = ucfg["url_column"], ucfg.get("caption_column"), ucfg["keep_columns"]
     for path in input_files(ucfg):
-        n = _count(path)
+        n = _count(path, ucfg.get("work_dir"))
         if offset < hi and offset + n > lo:
             names = names_first(path)
             if url_col not in names:

@@ -165,6 +165,7 @@ def summarise(results: dict, sets: list[D.LabeledSet], cfg: dict) -> dict:
                         "n_train": runs[0]["n_train"]}
             top = [r for r in res["probe"][ds.name] if r["fraction"] == max(fracs)]
             per_attr[ds.name][model] = dict(zip(ds.attributes, np.mean([r["test_accuracy"] for r in top], 0) * 100))
+            per_attr[ds.name]["majority class"] = dict(zip(ds.attributes, np.mean([r["majority"] for r in top], 0) * 100))
             if ds.name in res["zeroshot"]:
                 z = res["zeroshot"][ds.name]
                 zs[ds.name][model] = {"accuracy": float(z["accuracy"].mean() * 100),
@@ -179,6 +180,7 @@ def summarise(results: dict, sets: list[D.LabeledSet], cfg: dict) -> dict:
         for k in RET_KEYS:
             vals = np.array([r[k] for r in res["retrieval"]["runs"]]) * 100
             ret[model][k] = {"mean": float(vals.mean()), "std": float(vals.std()), "full": res["retrieval"]["full"][k] * 100}
+    zs = {k: v for k, v in zs.items() if v}
     return {"probe": probe, "per_attribute": per_attr, "zeroshot": zs, "retrieval": ret}
 
 
@@ -232,7 +234,7 @@ def probe_table(s: dict, sets, fracs) -> tuple[list, list, list[int]]:
 
 def retrieval_table(s: dict, n_faces: int) -> tuple[list, list, list[int]]:
     cols = ["model", "data", *[f"{'I→T' if k.startswith('i2t') else 'T→I'} R@{k.rsplit('r', 1)[1]}" for k in RET_KEYS]]
-    rows = [[model, f"held-out captions ({n_faces})", *[pm(v[k]["mean"], v[k]["std"]) for k in RET_KEYS]]
+    rows = [[model, "held-out", *[pm(v[k]["mean"], v[k]["std"]) for k in RET_KEYS]]
             for model, v in s["retrieval"].items()]
     quoted = []
     # reference columns: model, CelebA-Caption T→I, CelebA-Caption I→T, MM-CelebA T→I, MM-CelebA I→T ("R@5 / R@10")
@@ -254,14 +256,19 @@ def per_attribute_figure(report, s: dict, ds_name: str, frac: str):
     records = [{"model": m, "attribute": a, "accuracy": v}
                for m, attrs in s["per_attribute"][ds_name].items() for a, v in attrs.items()]
     df = pd.DataFrame(records)
+    maj = df[df["model"] == "majority class"]
+    df = df[df["model"] != "majority class"]
     order = sorted(df["attribute"].unique())
     fig, ax = plt.subplots(figsize=(7, max(4, 0.22 * len(order) * max(1, df["model"].nunique()) ** 0.5 + 1)))
     sns.barplot(data=df, y="attribute", x="accuracy", hue="model", order=order, ax=ax, orient="h")
-    lo = max(0, float(df["accuracy"].min()) - 5)
+    pos = {a: i for i, a in enumerate(order)}
+    ax.scatter(maj["accuracy"], [pos[a] for a in maj["attribute"]], marker="|", s=120, color="black", zorder=5,
+               label="majority class")
+    lo = max(0, float(min(df["accuracy"].min(), maj["accuracy"].min())) - 5)
     ax.set_xlim(lo, 100)
     ax.set_xlabel(f"linear-probe test accuracy (%), {frac} % of training labels")
     ax.set_ylabel("")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=7, frameon=False)
     report.figure("per_attribute", fig)
 
 
@@ -294,7 +301,7 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
     if s["retrieval"]:
         cols, rows, quoted = retrieval_table(s, len(captions[0]))
         report.table("retrieval", cols, rows,
-                     caption="Image→text and text→image retrieval on held-out captioned faces, recall@k (%); "
+                     caption=f"Image→text and text→image retrieval on {len(captions[0])} held-out captioned faces, recall@k (%); "
                              f"mean ± std over {ev['seeds']} random {int(ev['retrieval_subset'] * 100)} % subsets.",
                      quoted_rows=quoted,
                      note="Quoted rows: the paper's frozen-backbone retrieval (R@5 / R@10 only) on other data; "

@@ -461,8 +461,14 @@ def _render_patch(identity, attrs, g, A, rng, light):
     if attrs.get("Bags_Under_Eyes"):
         dark *= 1 - 0.22 * _g(AX, Y, ex, ey + 0.15, 0.15, 0.03)
     if not attrs.get("Young", True):
-        for yy in (-0.52, -0.62, -0.72):
-            dark *= 1 - 0.08 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX)
+        for yy in (-0.52, -0.62, -0.72):  # forehead lines
+            dark *= 1 - 0.10 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX)
+        for k_ in (-0.35, 0.0, 0.35):  # crow's feet at the outer eye corners
+            ang = (AX - ex - 1.15 * ew) * k_ - (Y - ey) * 1.0
+            dark *= 1 - 0.16 * np.exp(-0.5 * (ang / 0.012) ** 2) * _g(AX, Y, ex + 1.35 * ew, ey, 0.06, 0.08)
+        dark *= 1 - 0.14 * np.exp(-0.5 * ((Y - ey - 0.20 - 0.08 * ((AX - ex) / 0.2) ** 2) / 0.012) ** 2) \
+            * soft(ex + 0.2 - AX) * soft(AX - ex + 0.2)  # under-eye line
+        dark *= 1 - 0.12 * _g(AX, Y, mw + 0.08, my + 0.22, 0.06, 0.12)  # jowls / marionette lines
     if attrs.get("High_Cheekbones"):
         dark *= 1 - 0.10 * _g(AX, Y, 0.62, 0.50, 0.16, 0.07)
     if attrs.get("Double_Chin"):
@@ -470,7 +476,7 @@ def _render_patch(identity, attrs, g, A, rng, light):
     if attrs.get("Rosy_Cheeks"):
         _mix(alb, (0.86, 0.36, 0.38), 0.35 * _g(AX, Y, 0.52, 0.38, 0.18, 0.13))
     elif attrs.get("Heavy_Makeup"):
-        _mix(alb, (0.85, 0.45, 0.45), 0.12 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
+        _mix(alb, (0.85, 0.45, 0.45), 0.20 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
 
     # stubble: starts low on the cheeks
     beard_low = np.clip((Y - (0.56 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)
@@ -541,7 +547,7 @@ def _render_patch(identity, attrs, g, A, rng, light):
         c = identity["clothes"]
         shadow_col = np.asarray([0.35 + 0.3 * c[2], 0.25, 0.3 + 0.3 * c[0]], np.float32)
         lidm = np.clip(-d_up / 0.45, 0, 1) * soft((d_up + 0.6) * ew) * soft((1.05 - np.abs(ux)) * ew)
-        _mix(alb, shadow_col, 0.35 * lidm * (1 - open_e))
+        _mix(alb, shadow_col, 0.5 * lidm * (1 - open_e))
 
     # eyebrows
     b0, b1 = 0.14, 0.78

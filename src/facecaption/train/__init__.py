@@ -109,7 +109,8 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     hw = hardware(tcfg)
     ckdir = Path(tcfg["resume_dir"]) / config_hash(cfg, shards)
     ckdir.mkdir(parents=True, exist_ok=True)
-    resume = latest_checkpoint(ckdir)
+    ckpts = ckdir / "checkpoints"
+    resume = latest_checkpoint(ckpts)
 
     L.seed_everything(seed, workers=True, verbose=False)
     model, _ = M.create(arch, seed=seed, init=tcfg["init"])
@@ -130,7 +131,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
 
     _park_csv(ckdir / "logs")
     every = tcfg["checkpoint_every"]
-    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="step{step:07d}", auto_insert_metric_name=False,
+    callbacks = [ModelCheckpoint(dirpath=ckpts, filename="step{step:07d}", auto_insert_metric_name=False,
                                  every_n_train_steps=every, save_top_k=2, monitor="step", mode="max",
                                  save_last=True, save_on_train_epoch_end=False),
                  TQDMProgressBar(refresh_rate=max(1, min(tcfg["log_every"], 10))), _Stop()]
@@ -156,7 +157,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         raise RuntimeError("training interrupted")
     if has_val and trainer.global_step % tcfg["val_every"] != 0:
         trainer.validate(system, datamodule=data, verbose=False)
-    final = ckdir / "final.ckpt"
+    final = ckpts / "final.ckpt"
     trainer.save_checkpoint(final, weights_only=False)
     summary = {}
     if trainer.is_global_zero:

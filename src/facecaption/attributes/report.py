@@ -1,0 +1,127 @@
+"""Attribute report: the classifier's validation accuracy, the paper's filters, the share of faces kept and
+(embedded default) the accuracy of the kept pseudo-labels against the ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facecaption import reference
+from facecaption import workflow as W
+from facecaption.attributes.truth import truth_labels
+from facecaption.report import Report, setup_plotting
+from facecaption.shards import read_parquet
+
+
+def audit(attrs_df: pd.DataFrame, faces: pd.DataFrame, truth: pd.DataFrame, attrs: list[str]) -> dict:
+    """Per-attribute accuracy of the confident labels of kept faces against the truth, plus coverage."""
+    if not len(truth) or not len(attrs_df):
+        return {}
+    cols = [c for c in ("key", "image_key", "x0", "y0", "x1", "y1") if c in faces.columns]
+    truth_df = truth_labels(faces[cols], truth, attrs)
+    if not len(truth_df):
+        return {}
+    df = attrs_df.set_index("key")
+    matched = df.index.intersection(truth_df.index)
+    kept = df.loc[matched, "kept"].astype(bool)
+    kept_keys = kept.index[kept.to_numpy()]
+    per_attr, coverage, n_used = {}, {}, {}
+    correct_all = total_all = 0
+    for a in truth_df.columns:
+        lab = df.loc[kept_keys, a].to_numpy()
+        tru = truth_df.loc[kept_keys, a].to_numpy()
+        conf = lab >= 0
+        n = int(conf.sum())
+        correct = int((lab[conf] == tru[conf]).sum())
+        per_attr[a] = correct / n if n else None
+        coverage[a] = n / len(kept_keys) if len(kept_keys) else None
+        n_used[a] = n
+        correct_all += correct
+        total_all += n
+    return {"faces_matched": int(len(matched)), "kept_matched": int(len(kept_keys)),
+            "kept_label_accuracy": per_attr, "kept_label_coverage": coverage, "kept_label_count": n_used,
+            "kept_label_accuracy_mean": float(np.mean([v for v in per_attr.values() if v is not None]))
+            if any(v is not None for v in per_attr.values()) else None,
+            "kept_label_accuracy_pooled": correct_all / total_all if total_all else None}
+
+
+def run(cfg: dict, args: argparse.Namespace) -> int:
+    acfg = cfg["attributes"]
+    deps = W.stage_deps("report_attributes", cfg)
+    attr_paths = [p for p in deps if p.startswith(f"{W.R}/attributes/") and p.endswith(".parquet")]
+    face_paths = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".parquet")]
+    truth_paths = [p for p in deps if p.endswith(".truth.parquet")]
+    model_json = next(p for p in deps if p.endswith("model.json"))
+    meta = json.loads(Path(model_json).read_text())
+    attrs = meta["attributes"]
+    attrs_df = read_parquet(attr_paths)
+    faces = read_parquet(face_paths)
+    truth = read_parquet(truth_paths)
+
+    rep = Report(W.report_dir("attributes"))
+    plt, sns = setup_plotting()
+    n = len(attrs_df)
+    kept = attrs_df["kept"].astype(bool) if n else pd.Series([], dtype=bool)
+    reasons = attrs_df.loc[~kept, "reason"].fillna("").str.split(":").str[0].value_counts().to_dict() if n else {}
+    label_cols = [a for a in attrs if a in attrs_df.columns]
+    conf_share = float((attrs_df[label_cols] >= 0).to_numpy().mean()) if n and label_cols else None
+    rep.update({
+        "arch": meta["arch"], "input_size": meta["input_size"], "attributes_predicted": len(attrs),
+        "train_images": meta["train_images"], "val_images": meta["val_images"], "train_seconds": meta["train_seconds"],
+        "epochs": meta["epochs"], "val_accuracy_mean": meta["val_accuracy_mean"], "val_accuracy": meta["val_accuracy"],
+        "label_threshold": acfg["label_threshold"], "min_labels": acfg["min_labels"],
+        "faces": n, "faces_kept": int(kept.sum()), "share_kept": float(kept.mean()) if n else None,
+        "mean_labels_per_face": float(attrs_df["n_labels"].mean()) if n else None,
+        "confident_label_share": conf_share, "drop_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "paper_share_kept": reference.FUNNEL[3][1] / reference.FUNNEL[2][1],
+    })
+    au = audit(attrs_df, faces, truth, attrs)
+    rep.metric("audit", bool(au))
+    if au:
+        rep.update(au)
+
+    rows = [["backbone", f"{meta['arch']} ({meta['input_size']} px)"],
+            ["labeled images (train / val)", f"{meta['train_images']:,} / {meta['val_images']:,}"],
+            ["attributes predicted", len(attrs)],
+            ["classifier val. accuracy (mean over attributes)", round(meta["val_accuracy_mean"], 4)],
+            ["label filter", f"p > {acfg['label_threshold']} or p < {1 - acfg['label_threshold']:.2f}"],
+            ["face filter", f"more than {acfg['min_labels']} confident labels"],
+            ["faces", n], ["faces kept", int(kept.sum())],
+            ["share kept", round(float(kept.mean()), 4) if n else None]]
+    if au:
+        rows.append(["kept-label accuracy vs. truth (mean)", round(au["kept_label_accuracy_mean"], 4)
+                     if au["kept_label_accuracy_mean"] is not None else None])
+    rows.append(["share kept, original paper", round(rep.metrics["paper_share_kept"], 4)])
+    rep.table("attributes_summary", ["quantity", "value"], rows, quoted_rows=[len(rows) - 1],
+              caption="Attribute classifier and the paper's filters, measured on this run.",
+              note=f"The last row is the paper's funnel ({reference.SOURCE}): 15M of 23M aligned faces kept.")
+
+    # per-attribute figure: classifier val accuracy and kept-label accuracy vs truth
+    recs = [{"attribute": a, "measure": "classifier, val. split (p > 0.5)", "accuracy": meta["val_accuracy"][a]}
+            for a in attrs]
+    if au:
+        recs += [{"attribute": a, "measure": f"kept labels vs. truth (p > {acfg['label_threshold']})", "accuracy": v}
+                 for a, v in au["kept_label_accuracy"].items() if v is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    sns.barplot(data=pd.DataFrame(recs), x="attribute", y="accuracy", hue="measure", ax=ax)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=90, labelsize=6)
+    ax.legend(fontsize=6, loc="lower left")
+    rep.figure("attribute_accuracy", fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 2.4))
+    if n:
+        counts = attrs_df["n_labels"].value_counts().reindex(range(len(attrs) + 1), fill_value=0)
+        sns.barplot(x=counts.index, y=counts.values, ax=ax, color="#4c72b0")
+        ax.axvline(acfg["min_labels"] + 0.5, color="#c44e52", ls="--", lw=1)
+        ax.tick_params(axis="x", labelsize=5)
+    ax.set_xlabel("confident labels per face")
+    ax.set_ylabel("faces")
+    rep.figure("labels_per_face", fig)
+    rep.save()
+    return 0

@@ -10,7 +10,11 @@ except fc_config.ConfigError as exc:
     sys.stderr.write(f"{exc}\n")
     sys.exit(1)
 
-SHARDS = W.shard_ids(config)
+try:
+    SHARDS = W.shard_ids(config)
+except fc_config.ConfigError as exc:  # e.g. a missing URL list or image folder
+    sys.stderr.write(f"{exc}\n")
+    sys.exit(1)
 CONDA_ENV = "../envs/facecaption.yaml"  # relative to rules/; used with --sdm conda
 
 wildcard_constraints:

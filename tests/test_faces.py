@@ -291,3 +291,17 @@ def test_corrupt_collect_tar_records_the_lost_images(workdir):
     assert len(img) == 4
     assert (img.reason.str.startswith("missing_from_tar")).sum() >= 1
     assert (img.status == "kept").sum() >= 1
+
+
+def test_optout_is_honoured_again_when_filtering(collected):
+    """An opt-out entry added after the download still removes the image (and its faces) at the faces stage."""
+    images = read_parquet("results/collect/00000.parquet")
+    blocked = images.url.iloc[0]
+    cfg = tiny_config(optout={"entries": [blocked]})
+    assert run_stage("faces", cfg, "00000") == 0
+    records = read_parquet("results/faces/00000.records.parquet")
+    faces = read_parquet("results/faces/00000.parquet")
+    key = images.key.iloc[0]
+    assert records[(records.image_key == key) & (records.face == -1)].reason.tolist() == ["opted_out"]
+    assert key not in set(faces.image_key)
+    assert set(records[records.face == -1].image_key) == set(images.key)  # every image has its record

@@ -56,7 +56,7 @@ def labeled_attributes(df: pd.DataFrame, path: str) -> list[str]:
             raise AttributeDataError(f"{path}: attribute column {c!r} is empty (all null)")
         bad = values.dropna()[~values.dropna().isin([0, 1])]
         if len(bad):
-            raise AttributeDataError(f"{path}: attribute column {c!r} holds {bad.iloc[0].item() if hasattr(bad.iloc[0], "item") else bad.iloc[0]!r}; expected 0 or 1")
+            raise AttributeDataError(f"{path}: attribute column {c!r} holds {_plain(bad.iloc[0])!r}; expected 0 or 1")
     return [a for a in ATTRIBUTES if a in cols]
 
 
@@ -109,3 +109,8 @@ class StreamingLabeled(torch.utils.data.IterableDataset):
     def _item(self, item):
         jpg, y = item
         return torch.from_numpy(decode(jpg, self.size)).permute(2, 0, 1).contiguous(), torch.from_numpy(y)
+
+
+def _plain(value):
+    """numpy scalars as plain Python values (for messages)."""
+    return value.item() if hasattr(value, "item") else value

@@ -98,7 +98,7 @@ def train(acfg: dict, seed: int, attrs: list[str], train_set, val_x: torch.Tenso
             opt.step()
             if sched.last_epoch + 1 < sched.total_steps:
                 sched.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             count += len(xb)
         probs = predict(model, val_x, acfg["predict_batch_size"], device)
         acc = float(np.nanmean(evaluate(probs, val_y.numpy(), acfg["label_threshold"])["accuracy"]))

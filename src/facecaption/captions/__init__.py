@@ -25,6 +25,7 @@ from tqdm import tqdm
 from facecaption import rng as rngmod
 from facecaption import workflow as W
 from facecaption.celeba import ATTRIBUTES
+from facecaption.attributes.data import _plain
 from facecaption.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def label_columns(df: pd.DataFrame, path: str) -> list[str]:
             raise CaptionInputError(f"{path}: attribute column {col!r} is empty (all null)")
         bad = values[values.notna() & ~values.isin([-1, 0, 1])]
         if len(bad):
-            raise CaptionInputError(f"{path}: attribute column {col!r} holds {bad.iloc[0].item() if hasattr(bad.iloc[0], "item") else bad.iloc[0]!r}; expected 1, 0 or -1")
+            raise CaptionInputError(f"{path}: attribute column {col!r} holds {_plain(bad.iloc[0])!r}; expected 1, 0 or -1")
         attrs.append(col)
     return [a for a in ATTRIBUTES if a in attrs]
 

@@ -189,9 +189,6 @@ class Grammar:
                 if "{phrases}" in t:
                     raise src.err(("groups", gname, "bare", i), "a bare sentence has no {phrases} slot")
             self.group_templates[gname] = {"sentence": sent, "bare": bare}
-        for i, g in enumerate(self.order):
-            if g not in self.group_templates:
-                raise src.err(("settings", "order", i), f"group {g!r} is ordered but has no entry under groups")
 
         # attribute phrases: (attr, value) -> {gender or None: [(w, text)]}
         phrases: dict[tuple[str, int], dict] = {}
@@ -210,10 +207,6 @@ class Grammar:
                 for i, (_, t) in enumerate(phrases[(attr, value)][g]):
                     if "{phrases}" in t:
                         raise src.err((section, name, i), "a phrase has no {phrases} slot")
-        missing = [a for a in ATTRIBUTES if (a, 1) not in phrases]
-        if missing:
-            raise src.err(("present",), f"no phrases for attribute {missing[0]!r} under present "
-                                        "(an empty list [] says: never state it)")
 
         # check every reference and compile one table per gender
         if self.first_subject is not None and self.first_subject not in raw:
@@ -241,6 +234,13 @@ class Grammar:
                 for i, (_, t) in enumerate(alts):
                     check_refs(t, lines[(f"{'present' if value else 'absent'}:{attr}", g)] + (i,))
         self._check_cycles(raw, src, lines)
+        for i, g in enumerate(self.order):
+            if g not in self.group_templates:
+                raise src.err(("settings", "order", i), f"group {g!r} is ordered but has no entry under groups")
+        missing = [a for a in ATTRIBUTES if (a, 1) not in phrases]
+        if missing:
+            raise src.err(("present",), f"no phrases for attribute {missing[0]!r} under present "
+                                        "(an empty list [] says: never state it)")
 
         # flatten: the grammar is acyclic, so every nonterminal's language is a finite distribution over
         # strings; sampling is then one weighted draw per phrase and per sentence

@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from facecaption import workflow as W
+from facecaption.collect.optout import OptOut
 from facecaption.faces.align import align, template, transform_points
 from facecaption.faces.decode import decode_image
 from facecaption.faces.detect import Face, ModelMissing, make_detector
@@ -182,12 +183,19 @@ def _align_one(rgb, f: Face, size, scale, tmpl, fcfg) -> tuple[str, dict, np.nda
     return "", row, crop
 
 
-def _collect_samples(tar_path: str, images: pd.DataFrame, records: list) -> Iterator[dict]:
-    """The collect tar's samples; collect rows that never made it into the tar become records."""
+def _collect_samples(tar_path: str, images: pd.DataFrame, records: list, optout=None) -> Iterator[dict]:
+    """The collect tar's samples; collect rows that never made it into the tar become records, and images
+    whose URL is on the opt-out list (even one added after the download) are dropped as ``opted_out``."""
     seen = set()
     errors: list = []
+    blocked = set()
+    if optout:
+        blocked = {row.key for row in images.itertuples() if optout.blocks(getattr(row, "url", None))}
     for s in iter_samples(tar_path, errors):
         seen.add(s["__key__"])
+        if s["__key__"] in blocked:
+            records.append(_record(s["__key__"], -1, "dropped", "opted_out"))
+            continue
         yield s
     for e in errors:
         log.warning("collect tar %s: %s", tar_path, e["reason"])
@@ -210,7 +218,8 @@ def run_shard(cfg: dict, shard: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     images = read_parquet(parquet_in)
     detector = make_detector(fcfg, threads=threads())
     extra: list = []
-    faces_df, records = process(_collect_samples(tar_in, images, extra), fcfg, acfg, detector, tar_out,
+    optout = OptOut.from_config(cfg.get("optout"))
+    faces_df, records = process(_collect_samples(tar_in, images, extra, optout), fcfg, acfg, detector, tar_out,
                                 total=len(images), desc=f"faces {shard}")
     if extra:
         records = pd.concat([records, pd.DataFrame(extra, columns=RECORD_COLUMNS)], ignore_index=True)

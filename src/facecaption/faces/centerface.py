@@ -151,8 +151,28 @@ class CenterFace:
         return heat[0, 0], scale[0], offset[0], lms[0]
 
     # -- detection ---------------------------------------------------------------------------------
-    def detect(self, rgb: np.ndarray, threshold: float = 0.5, nms_iou: float = 0.3) -> list[Detection]:
-        """Detect faces in an RGB uint8 image (H, W, 3). Returns detections sorted by score."""
+    def detect(self, rgb: np.ndarray, threshold: float = 0.5, nms_iou: float = 0.3,
+               max_side: int | None = None) -> list[Detection]:
+        """Detect faces in an RGB uint8 image (H, W, 3). Returns detections sorted by score.
+
+        ``max_side`` (optional) first shrinks images whose longer side exceeds it (faster on large
+        photos; boxes and landmarks are mapped back to the original pixels)."""
+        rgb = _ensure_rgb(rgb)
+        f = 1.0
+        if max_side is not None and max(rgb.shape[:2]) > max_side:
+            import cv2
+
+            f = max_side / max(rgb.shape[:2])
+            rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
+                             interpolation=cv2.INTER_AREA)
+        dets = self._detect(rgb, threshold, nms_iou)
+        if f != 1.0:
+            for d in dets:
+                d.box = tuple(v / f for v in d.box)
+                d.landmarks = d.landmarks / f
+        return dets
+
+    def _detect(self, rgb, threshold, nms_iou):
         h, w = rgb.shape[:2]
         heat, scale, offset, lms = self.forward(rgb)
         ys, xs = np.nonzero(heat > threshold)

@@ -10,7 +10,16 @@ tone, darker sockets, lips, brows, eyes, stubble and make-up.  Hair, ears, neck,
 earrings are separate layers.  The patch is then scaled / rotated (roll) into the canvas with a single
 ``cv2.warpAffine``; torso, clothes, necktie and necklace are drawn directly on the canvas.
 
+Ground truth per face: ``box`` is the axis-aligned box of the (rolled) face outline from the upper
+forehead (Y = -0.85, about the hairline) to the chin, 0.95 × the cheek-to-cheek width, i.e. a tight,
+WIDER-FACE-like box (calibrated against CenterFace's own boxes: mean IoU ≈ 0.86); ``landmarks`` are the
+drawn eye centres (image left first), nose tip and mouth corners.
+
+API: ``DRAWABLE`` (the 39 CelebA attributes drawn; "Attractive" is not), ``sample_identity``,
+``sample_attributes``, ``render_face``, ``render_image``, ``render_aligned``.
+
 Every random choice comes from the ``numpy.random.Generator`` passed in: same seed → same pixels.
+No global random state, no file I/O.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ import cv2
 import numpy as np
 
 from facecaption.celeba import ATTRIBUTES, GROUPS  # noqa: F401  (GROUPS re-exported for callers)
+
+__all__ = ["DRAWABLE", "DEGRADATIONS", "sample_identity", "sample_attributes", "render_face", "render_image",
+           "render_aligned"]
 
 # "Attractive" is subjective and not drawn; every other CelebA attribute is controlled.
 DRAWABLE: tuple[str, ...] = tuple(a for a in ATTRIBUTES if a != "Attractive")
@@ -396,7 +408,6 @@ def _render_patch(identity, attrs, g, A, rng, light):
         lay.over(skin[None, None, :] * dc_shade[..., None], dc_m, w_)
 
     # ---------------- face window ----------------------------------------------------------------
-    dchin = 0.0
     wf, X, Y, AX = win(-1.14, 1.14, -R - 0.04, R + 0.1)
     fh_, fw_ = Y.shape[0], X.shape[1]
     f = _half_width(Y, g).astype(np.float32)
@@ -579,7 +590,8 @@ def _render_patch(identity, attrs, g, A, rng, light):
     beard_m = np.zeros((fh_, fw_), np.float32)
     if attrs.get("Goatee"):
         if attrs.get("Mustache") and attrs.get("Sideburns"):  # full beard
-            reg = beard_low * fuzzy(f + 0.03 - AX)
+            full_low = np.clip((Y - (0.64 + 0.20 * np.clip(1 - AX, 0, 1))) / 0.14, 0, 1)  # low on the cheeks
+            reg = full_low * fuzzy(f + 0.03 - AX) * (0.55 + 0.45 * np.clip((Y - my) / 0.3, 0, 1))
         else:
             gy0 = my + g["tl"] + 0.0
             gcy, gry = (gy0 + R) / 2 + 0.02, (R - gy0) / 2 + 0.05
@@ -969,10 +981,6 @@ def render_aligned(rng: np.random.Generator, identity: dict, attributes: dict, s
     c1 = rng.uniform(0.2, 0.9, 3)
     t = np.linspace(0.9, 1.1, size, dtype=np.float32)[:, None, None]
     img = np.clip(c1[None, None, :] * t * 255, 0, 255).astype(np.uint8).repeat(size, 1)
-    fw = 0.62 * size
-    R = identity["ratio"]
-    cy = size * 0.52
-    out = render_face(img, (size / 2, cy), fw, 0.0, identity, attributes, rng)
-    del R
+    out = render_face(img, (size / 2, size * 0.52), 0.62 * size, 0.0, identity, attributes, rng)
     return img, {"box": out["box"], "landmarks": out["landmarks"], "attributes": dict(attributes),
                  "identity_id": identity.get("id")}

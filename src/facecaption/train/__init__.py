@@ -3,7 +3,7 @@
 Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.train.model`) and
 ``results/train/logs/`` (``csv/metrics.csv``, ``tb/`` TensorBoard events, ``summary.json``).
 
-Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<config hash>/``), outside
+Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<config hash>/checkpoints``), outside
 ``results/``: Snakemake deletes the declared outputs of a failed job, so a killed run, started again with
 the same config, resumes from the newest checkpoint there (same weights as an uninterrupted run). The logs
 are written beside the checkpoints and copied into ``results/train/logs`` when training ends.

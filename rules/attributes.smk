@@ -9,6 +9,8 @@ rule attributes_train:
         outs("attributes_train"),
     params:
         cfg=cfg("attributes_train"),
+    conda:
+        CONDA_ENV
     log:
         "logs/attributes_train.log",
     message:
@@ -28,6 +30,8 @@ rule attributes:
         outs("attributes"),
     params:
         cfg=cfg("attributes"),
+    conda:
+        CONDA_ENV
     log:
         "logs/attributes/{shard}.log",
     message:
@@ -47,6 +51,8 @@ rule report_attributes:
         outs("report_attributes"),
     params:
         cfg=cfg("report_attributes"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_attributes.log",
     message:

@@ -9,6 +9,8 @@ rule captions:
         outs("captions"),
     params:
         cfg=cfg("captions"),
+    conda:
+        CONDA_ENV
     log:
         "logs/captions/{shard}.log",
     message:
@@ -27,6 +29,8 @@ rule report_captions:
         outs("report_captions"),
     params:
         cfg=cfg("report_captions"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_captions.log",
     message:

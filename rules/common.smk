@@ -23,7 +23,8 @@ wildcard_constraints:
 
 def cfg(stage):
     """The config sections a stage reads, as JSON (a change re-runs exactly the stages that read it)."""
-    return fc_config.section_json(config, *W.STAGES[stage].config_keys)
+    text = fc_config.section_json(config, *W.STAGES[stage].config_keys)
+    return lambda wildcards: text  # a function: braces in config values are not wildcards
 
 
 def deps(stage):

@@ -205,12 +205,12 @@ def make_stage_inputs(root: Path) -> dict:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        cfg = tiny_config()
+        cfg = tiny_config(labeled={"identities": {"train": 40, "val": 10, "test": 20}})
         assert run_stage("labeled", cfg) == 0
         df = read_parquet("results/labeled/test.parquet")
         images = {s["__key__"]: s["jpg"] for s in iter_samples("results/labeled/test.tar")}
         Path("results/captions").mkdir(parents=True)
-        for shard, part in (("00000", df.iloc[:20]), ("00001", df.iloc[20:])):
+        for shard, part in (("00000", df.iloc[:16]), ("00001", df.iloc[16:])):
             with ShardWriter(f"results/captions/{shard}.tar") as w:
                 for _, row in part.iterrows():
                     w.write({"__key__": row["key"], "jpg": images[row["key"]], "txt": _caption(row)})
@@ -252,13 +252,13 @@ def test_stage_writes_report(in_stage_dir, tmp_path):
     m = json.loads((rep / "metrics.json").read_text())
     assert m["models"] == ["FLIP", "random init"]
     assert m["default_dataset"] == "synthface"
-    assert m["datasets"]["synthface"]["train"] == 120 and m["datasets"]["synthface"]["test"] == 60
+    assert m["datasets"]["synthface"]["train"] == 80 and m["datasets"]["synthface"]["test"] == 40
     p = m["probe"]["synthface"]
     assert set(p) == {"FLIP", "random init", "majority class"}
     assert set(p["FLIP"]) == {"10", "100"}
     assert 0 <= p["FLIP"]["10"]["mean"] <= 100 and p["FLIP"]["100"]["std"] == 0
     assert len(p["FLIP"]["10"]["runs"]) == 2
-    assert m["retrieval_faces"] == 40  # the last caption shard only (train.val_shards = 1)
+    assert m["retrieval_faces"] == 24  # the last caption shard only (train.val_shards = 1)
     assert set(m["retrieval"]["FLIP"]) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
     assert "probe_beats_random" in m["acceptance"] and "retrieval_beats_random" in m["acceptance"]
     assert len(m["per_attribute"]["synthface"]["FLIP"]) == 39

@@ -14,6 +14,7 @@ captions whatever the order or the shard it is in.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import random
 
@@ -63,9 +64,15 @@ def label_columns(df: pd.DataFrame, path: str) -> list[str]:
     return [a for a in ATTRIBUTES if a in attrs]
 
 
+@functools.lru_cache(maxsize=16)
+def _base(seed: int) -> int:
+    return int(rngmod.stream(seed, "captions/grammar").integers(0, 2**63))
+
+
 def face_rng(seed: int, key: str) -> random.Random:
-    """A fast per-face generator seeded from the project's keyed streams."""
-    return random.Random(int(rngmod.stream(seed, "captions/grammar", key).integers(0, 2**63)))
+    """A fast per-face generator, keyed by (seed, purpose, face key) and never by order: the base comes from
+    the project's keyed streams; ``random.Random`` seeds a string through SHA-512 (stable across runs)."""
+    return random.Random(f"{_base(seed)}:{key}")
 
 
 def caption_faces(gen, seed: int, keys: list[str], labels: np.ndarray, attrs: list[str], per_face: int):

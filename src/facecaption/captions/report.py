@@ -122,7 +122,10 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         attrs = sorted({a for st in caps["stated"] for a, _ in parse_stated(st)}) if n else []
         cols = [c for c in ("key", "image_key", "x0", "y0", "x1", "y1") if c in faces.columns]
         truth_df = truth_labels(faces[faces["key"].isin(caps["key"])][cols], truth, attrs)
-    fa = faithfulness(caps, attrs_df, truth_df) if n else {}
+    fa = faithfulness(caps, attrs_df, truth_df) if n else {
+        "facts_stated": 0, "facts_per_face": None, "faithful_to_labels": None, "unfaithful_by_attribute": {},
+        "facts_checked_against_truth": 0, "true_in_ground_truth": None, "faces_checked_against_truth": 0,
+        "faces_all_facts_true": None, "false_by_attribute": {}}
     rep.update(fa)
     rep.metric("audit_truth", truth_df is not None and fa.get("facts_checked_against_truth", 0) > 0)
 
@@ -131,7 +134,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
             ["sentences per caption (mean)", round(rep.metrics["mean_sentences"], 1) if n else None],
             ["distinct captions", f"{rep.metrics['unique_share'] * 100:.1f} %"],
             ["vocabulary (words)", len(vocab)],
-            ["facts stated per face (first caption set)", round(fa.get("facts_per_face", 0), 1)],
+            ["facts stated per face (all its captions)", round(fa.get("facts_per_face", 0), 1)],
             ["stated facts that are kept labels", f"{(fa.get('faithful_to_labels') or 0) * 100:.2f} %" if n else None]]
     if fa.get("true_in_ground_truth") is not None:
         rows.append(["stated facts true in the ground truth", f"{fa['true_in_ground_truth'] * 100:.2f} %"])

@@ -32,7 +32,10 @@ def retrieval(img: np.ndarray, txt: np.ndarray, captions: list[str], ks=(1, 5, 1
     distinct = sorted(set(captions))
     index = {c: i for i, c in enumerate(distinct)}
     owner = np.array([index[c] for c in captions])
-    first = np.array([captions.index(c) for c in distinct])
+    first_of: dict[str, int] = {}
+    for i, c in enumerate(captions):
+        first_of.setdefault(c, i)
+    first = np.array([first_of[c] for c in distinct])
     sim = img @ txt[first].T  # (images, distinct captions)
     pos = owner[:, None] == np.arange(len(distinct))[None, :]
     i2t = recall_at_k(sim, pos, ks)

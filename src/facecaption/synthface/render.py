@@ -710,7 +710,7 @@ def _sample_light(rng):
         "hat": [float(v) for v in rng.uniform(0.05, 0.85, 3)],
         "sun": sun,
         "glasses_col": [float(v) for v in (rng.uniform(0.02, 0.12, 3) if rng.random() < 0.7 else rng.uniform(0.1, 0.6, 3))],
-        "glasses_th": float(rng.uniform(0.03, 0.055)),
+        "glasses_th": float(rng.uniform(0.022, 0.042)),
         "ear_col": [0.85, 0.70, 0.30] if rng.random() < 0.6 else [0.80, 0.80, 0.82],
         "hoop": bool(rng.random() < 0.5),
         "neckline": str(rng.choice(["v", "round", "high"])),

@@ -142,7 +142,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
         gradient_clip_val=tcfg["grad_clip"], deterministic=hw["accelerator"] == "cpu",
         val_check_interval=tcfg["val_every"] if has_val else None, check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=tcfg["log_every"],
+        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=1,  # the system throttles its own logging
         default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False,
     )
     if resume:

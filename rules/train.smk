@@ -10,6 +10,8 @@ rule train:
         outs("train"),
     params:
         cfg=cfg("train"),
+    conda:
+        CONDA_ENV
     log:
         "logs/train.log",
     message:
@@ -28,6 +30,8 @@ rule report_train:
         outs("report_train"),
     params:
         cfg=cfg("report_train"),
+    conda:
+        CONDA_ENV
     log:
         "logs/report_train.log",
     message:

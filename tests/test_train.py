@@ -59,7 +59,7 @@ def losses(logs: str) -> list[tuple[int, float]]:
     import csv
 
     rows = {}
-    with open(Path(logs) / "csv" / "metrics.csv") as f:
+    with open(Path(logs) / "curves.csv") as f:
         for r in csv.DictReader(f):
             if r.get("train/loss"):
                 rows[int(r["step"])] = float(r["train/loss"])

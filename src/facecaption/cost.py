@@ -75,8 +75,9 @@ def projection(cfg: dict) -> dict:
     fr, fdesc = _faces_rate(_load("faces"))
     add("faces (detect + align)", images, fr, "images", "measured rate" if fr else "not measured", fdesc)
     at = _load("attributes")
-    add("attributes (predict)", faces_aligned, _first(at, "predict_faces_per_s_per_core", "faces_per_s_per_core"),
-        "faces", "measured rate" if at else "not measured", "small CNN at the embedded size" if at else "")
+    add("attributes (predict)", faces_aligned, _first(at, "resnet50_224_faces_per_s_per_core"),
+        "faces", "measured rate" if at else "not measured",
+        "ResNet-50 at 224 px on one CPU core; on a GPU this stage is far cheaper" if at else "")
     cp = _load("captions")
     add("captions (grammar)", faces_final, _first(cp, "captions_per_s_per_core", "captions_per_s", "one_core.captions_per_s"),
         "faces", "measured rate" if cp else "not measured", "one core")

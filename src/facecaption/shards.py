@@ -85,26 +85,38 @@ def iter_samples(path: str | os.PathLike, errors: list | None = None) -> Iterato
     """Yield samples ``{"__key__": key, ext: bytes}`` from a tar shard, grouping members by key.
 
     A corrupt or truncated tar never raises: the problem is appended to ``errors`` (when given) as
-    ``{"key": ..., "reason": ...}`` and iteration stops at the damage, keeping everything before it.
-    Member names that would escape a folder (absolute, ``..``) are skipped and recorded.
+    ``{"key": ..., "reason": ...}``. A damaged block in the middle (a header with a bad checksum, garbage
+    bytes) is skipped and reading resumes at the next intact member, recorded as ``corrupt_tar`` under the
+    key of that member; a truncated tar stops at the damage, keeping everything before it.
+    A member whose key and extension repeat the previous one (the same key written twice in a row) starts
+    a new sample, so duplicates are seen, never merged. Member names that would escape a folder (absolute,
+    ``..``) are skipped and recorded.
     """
     current: dict | None = None
     try:
-        with tarfile.open(path, mode="r:*") as tar:
+        # ignore_zeros: skip unreadable header blocks instead of silently ending at the first one
+        with tarfile.open(path, mode="r:*", ignore_zeros=True) as tar:
+            expected = 0  # where the next header should start
             for member in tar:
                 name = member.name
+                base = name.rsplit("/", 1)[-1]
+                prefix = name[: len(name) - len(base)]
+                key, _, ext = base.partition(".")
+                key = prefix + key
+                if member.offset > expected and errors is not None:
+                    errors.append({"key": key,
+                                   "reason": f"corrupt_tar: {member.offset - expected} unreadable bytes "
+                                             f"at offset {expected}"})
+                expected = member.offset_data + (-(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                                                 if member.isreg() else 0)
                 if not member.isfile():
                     continue
                 if name.startswith("/") or ".." in Path(name).parts:
                     if errors is not None:
                         errors.append({"key": name, "reason": "unsafe_member_path"})
                     continue
-                base = name.rsplit("/", 1)[-1]
-                prefix = name[: len(name) - len(base)]
-                key, _, ext = base.partition(".")
-                key = prefix + key
                 data = tar.extractfile(member).read()
-                if current is not None and current["__key__"] != key:
+                if current is not None and (current["__key__"] != key or ext in current):
                     yield current
                     current = None
                 if current is None:

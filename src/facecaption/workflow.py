@@ -42,10 +42,12 @@ def _split_files(kind: str) -> tuple[str, ...]:
     return tuple(f"{R}/labeled/{s}.{kind}" for s in LABELED_SPLITS)
 
 
-def _report(name: str, deps: tuple[str, ...], params: tuple[str, ...], code: str, help: str) -> Stage:
+def _report(name: str, deps: tuple[str, ...], params: tuple[str, ...], code: str | tuple[str, ...],
+            help: str) -> Stage:
     out = f"{R}/reports/{name}"
+    codes = (code,) if isinstance(code, str) else code
     return Stage(f"report_{name}", deps=deps, outs=(out,), dirs=(out,), params=params,
-                 code=(f"{PKG}/{code}",), help=help)
+                 code=tuple(f"{PKG}/{c}" for c in codes), help=help)
 
 
 SHARD = "{shard}"
@@ -68,8 +70,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           outs=(f"{R}/faces/{SHARD}.tar", f"{R}/faces/{SHARD}.parquet", f"{R}/faces/{SHARD}.records.parquet"),
           code=(f"{PKG}/faces",), help="detect, filter and align faces"),
     _report("faces", deps=(f"{R}/faces/{ALL}.parquet", f"{R}/faces/{ALL}.records.parquet",
-                           f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet"),
-            params=("faces",), code="faces", help="face funnel and detection audit"),
+                           f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet",
+                           # the record accounting (facecaption.accounting) follows records to the captions
+                           f"{R}/attributes/{ALL}.parquet", f"{R}/captions/{ALL}.parquet"),
+            params=("faces",), code=("faces", "accounting.py"), help="face funnel, record accounting, detection audit"),
     # -- attributes ----------------------------------------------------------------------------------------
     Stage("attributes_train", deps=_split_files("tar") + _split_files("parquet"), params=("seed", "attributes"),
           outs=(f"{R}/attributes/model.pt", f"{R}/attributes/model.json"),
@@ -97,7 +101,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     # -- evaluation ----------------------------------------------------------------------------------------
     Stage("evaluate", deps=(f"{R}/train/flip.pt", *_split_files("tar"), *_split_files("parquet"),
                             f"{R}/captions/{ALL}.tar"),
-          params=("seed", "train", "evaluate"), outs=(f"{R}/reports/evaluate",), dirs=(f"{R}/reports/evaluate",),
+          params=("seed", "train", "align", "evaluate"), outs=(f"{R}/reports/evaluate",), dirs=(f"{R}/reports/evaluate",),
           code=(f"{PKG}/evaluate",), help="linear probe, retrieval and zero-shot attributes with baselines"),
     # -- quality -------------------------------------------------------------------------------------------
     Stage("quality", deps=(f"{R}/captions/{SHARD}.tar", f"{R}/captions/{SHARD}.parquet", f"{R}/collect/{SHARD}.parquet",
@@ -107,7 +111,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _report("quality", deps=(f"{R}/quality/{ALL}.parquet", f"{R}/quality/{ALL}.ngrams.npz",
                              f"{R}/captions/{ALL}.parquet", f"{R}/captions/{ALL}.tar", f"{R}/collect/{ALL}.parquet",
                              f"{R}/faces/{ALL}.records.parquet", f"{R}/attributes/{ALL}.parquet", f"{R}/train/flip.pt"),
-            params=("quality", "train"), code="quality",
+            params=("quality", "train", "align"), code="quality",
             help="Table 1, quality histograms, relevance, dataset card"),
     Stage("report_cost", deps=("benchmarks/results", f"{R}/collect/{ALL}.tar", f"{R}/faces/{ALL}.tar",
                                f"{R}/captions/{ALL}.tar"),

@@ -17,10 +17,15 @@ from facecaption.shards import iter_samples, read_parquet
 def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6, cell: int = 160) -> Image.Image:
     rows = (n + cols - 1) // cols
     grid = Image.new("RGB", (cols * cell, rows * cell), "white")
-    for i, sample in enumerate(iter_samples(tar_path)):
-        if i >= n:
+    i = -1
+    for sample in iter_samples(tar_path):
+        if i + 1 >= n:
             break
-        im = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+        try:
+            im = Image.open(io.BytesIO(sample.get("jpg") or b"")).convert("RGB")
+        except Exception:  # noqa: BLE001 - a broken image (the faces stage records why) is no example
+            continue
+        i += 1
         draw = ImageDraw.Draw(im)
         for _, f in truth[truth.key == sample["__key__"]].iterrows():
             draw.rectangle([f.x0, f.y0, f.x1, f.y1], outline=(0, 255, 0), width=2)

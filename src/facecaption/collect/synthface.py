@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from facecaption import rng as rngmod
 from facecaption import workflow as W
+from facecaption.collect.faults import Injector
 from facecaption.shards import ShardWriter, encode_jpeg, write_parquet
 from facecaption.synthface.render import DRAWABLE, render_image, sample_identity
 
@@ -76,6 +77,7 @@ def collect_shard(cfg: dict, shard: str) -> None:
     tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)
     shard_no = int(shard)
     rows, truth = [], []
+    faults = Injector(cfg, shard)  # synthface.faults: bad data on purpose (off by default)
     with ShardWriter(tar_path) as writer:
         for idx in tqdm(range(sf["images_per_shard"]), desc=f"collect {shard}", mininterval=2):
             key = f"{shard}_{idx:05d}"
@@ -90,9 +92,12 @@ def collect_shard(cfg: dict, shard: str) -> None:
             jpg = encode_jpeg(image, quality=sf["jpeg_quality"])
             meta = {"key": key, "url": f"synthface://{seed}/{shard}/{idx}", "width": image.shape[1],
                     "height": image.shape[0], "source": "synthface"}
-            writer.write({"__key__": key, "jpg": jpg, "txt": caption, "json": meta})
-            rows.append({**meta, "caption": caption, "status": "success", "error_message": None})
-            for f_idx, face in enumerate(faces):
+            sample = {"__key__": key, "jpg": jpg, "txt": caption, "json": meta}
+            for sample, row in faults.apply(idx, sample, {**meta, "caption": caption, "status": "success",
+                                                          "error_message": None}):
+                writer.write(sample)
+                rows.append(row)
+            for f_idx, face in enumerate(faces if faults.intact(idx) else []):
                 x0, y0, x1, y1 = (float(v) for v in face["box"])
                 truth.append({
                     "key": key, "face": f_idx, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
@@ -101,6 +106,7 @@ def collect_shard(cfg: dict, shard: str) -> None:
                     "degrade": plan["degrade"] or "none", "tiny": plan["tiny"],
                     **{a: bool(face["attributes"].get(a, False)) for a in DRAWABLE},
                 })
+    faults.finish(tar_path)
     write_parquet(pd.DataFrame(rows), parquet_path)
     columns = ["key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny", *DRAWABLE]
     write_parquet(pd.DataFrame(truth, columns=columns), truth_path)

@@ -119,7 +119,7 @@ def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict
                 else:
                     res = P.fit_and_score((feats["train"][idx], labels["train"][idx]),
                                           (feats["val"], labels["val"]), (feats["test"], labels["test"]),
-                                          ev["weight_decays"], ev["probe_iterations"])
+                                          ev["weight_decays"], ev["probe_iterations"], norm=feats["train"])
                     result_full = res if frac >= 1.0 else None
                 runs.append({"fraction": frac, "run": run, "n_train": len(idx), "decay": res["decay"],
                              "val_accuracy": res["val_accuracy"], "test_accuracy": res["test_accuracy"],

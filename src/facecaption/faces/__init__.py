@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -40,6 +41,10 @@ LOW_SCORE, TOO_SMALL, TOO_MANY, BLURRY, TOO_DARK, ALIGN_FAILED = (
     "low_score", "too_small", "too_many_faces", "blurry", "too_dark", "align_failed")
 # image-level reasons (besides decode reasons)
 NO_FACE, NO_FACE_KEPT, DETECT_ERROR, MISSING = "no_face", "no_face_kept", "detect_error", "missing_from_tar"
+# a key seen before in the shard's tar: the first occurrence wins, later ones are dropped with this reason;
+# a sample with no image member at all (lost to tar damage: reason ``corrupt_tar: ...``, else this one)
+DUPLICATE, NO_IMAGE = "duplicate_key", "missing_image"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "img")
 
 
 def threads() -> int:
@@ -187,20 +192,30 @@ def _collect_samples(tar_path: str, images: pd.DataFrame, records: list, optout=
     """The collect tar's samples; collect rows that never made it into the tar become records, and images
     whose URL is on the opt-out list (even one added after the download) are dropped as ``opted_out``."""
     seen = set()
+    occurrences: Counter = Counter()
     errors: list = []
     blocked = set()
     if optout:
         blocked = {row.key for row in images.itertuples() if optout.blocks(getattr(row, "url", None))}
     for s in iter_samples(tar_path, errors):
+        occurrences[s["__key__"]] += 1
+        if s["__key__"] in seen:
+            records.append(_record(s["__key__"], -1, "dropped", DUPLICATE))
+            continue
         seen.add(s["__key__"])
         if s["__key__"] in blocked:
             records.append(_record(s["__key__"], -1, "dropped", "opted_out"))
+            continue
+        if not any(ext in s for ext in IMAGE_EXTS):
+            damage = next((e["reason"] for e in errors if e["key"] == s["__key__"]), None)
+            records.append(_record(s["__key__"], -1, "dropped", (damage or NO_IMAGE)[:200]))
             continue
         yield s
     for e in errors:
         log.warning("collect tar %s: %s", tar_path, e["reason"])
     for row in images.itertuples():
-        if row.key in seen:
+        if occurrences[row.key] > 0:  # each collect row is matched by one sample (duplicates included)
+            occurrences[row.key] -= 1
             continue
         status = getattr(row, "status", "success")
         if status != "success":

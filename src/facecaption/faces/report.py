@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from facecaption import reference
+from facecaption import accounting, reference
 from facecaption import workflow as W
 from facecaption.faces.audit import audit
 from facecaption.faces.decode import category
@@ -23,7 +23,8 @@ def funnel(records: pd.DataFrame, min_score: float) -> dict:
     det = records[records.face >= 0]
     decoded_reasons = img.reason.fillna("").map(category)
     undecoded = decoded_reasons.isin(["empty_file", "not_an_image", "decompression_bomb", "corrupt_image",
-                                      "image_too_small", "not_collected", "missing_from_tar", "detect_error"])
+                                      "image_too_small", "not_collected", "missing_from_tar", "detect_error",
+                                      "corrupt_tar", "missing_image", "duplicate_key", "opted_out"])
     confident = det[det.score >= min_score]
     return {
         "images": int(len(img)),
@@ -129,6 +130,17 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     ax.set_ylabel("")
     ax.legend(loc="lower right", fontsize=7)
     rep.figure("funnel", fig)
+
+    # record accounting: every record entering a stage is kept or rejected with its reason
+    acc = accounting.account(W.shard_ids(cfg))
+    bad = accounting.violations(acc)
+    rep.metric("accounting", {k: v.as_dict() for k, v in acc.items()})
+    rep.metric("accounting_violations", bad)
+    rep.metric("accounting_conserved", not bad)
+    rep.metric("accounting_rejected", int(sum(v.n_rejected for v in acc.values())))
+    rep.table("faces_accounting", ["stage", "in", "kept", "rejected", "top reasons"], accounting.table_rows(acc),
+              caption="Record accounting per stage: every record in is kept or rejected with its reason.",
+              note="Reasons are categories (the part before ':'); duplicate keys: the first occurrence wins.")
 
     tars = [p.replace(".parquet", ".tar") for p in face_files]
     grid = crop_grid(tars[0]) if tars else None

@@ -182,6 +182,9 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
             shutil.rmtree(out)
         shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts"))
         merge_csv(ckdir / "logs", out / "csv" / "metrics.csv")
+        import pandas as pd
+
+        pd.DataFrame(system.curve).to_csv(out / "curves.csv", index=False)  # exactly once per step, across resumes
         (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         open_clip_cfg = {"arch": arch, "model_cfg": M.model_config(arch)}
         (out / "model_config.json").write_text(json.dumps(open_clip_cfg, indent=1))

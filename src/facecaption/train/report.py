@@ -14,7 +14,7 @@ from facecaption.report import Report, setup_plotting
 
 def curves(logs: str | Path) -> pd.DataFrame:
     """One row per logged step: train/loss, train/acc, train/temperature, train/lr, val/loss, val/acc, ..."""
-    df = pd.read_csv(Path(logs) / "csv" / "metrics.csv")
+    df = pd.read_csv(Path(logs) / "curves.csv")
     return df.groupby("step", as_index=False).last().sort_values("step")
 
 

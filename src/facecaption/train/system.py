@@ -53,6 +53,7 @@ class FlipSystem(L.LightningModule):
         self.skipped = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
         self.train_seconds = 0.0  # across resumes
         self.samples_seen = 0
+        self.curve: list[dict] = []  # logged rows, kept in checkpoints: complete curves across resumes
         self.timed_seconds, self.timed_samples = 0.0, 0  # steady-state throughput (this process's run)
         self._t_last: float | None = None
         self._rate: float | None = None
@@ -93,6 +94,9 @@ class FlipSystem(L.LightningModule):
         if (self.global_step + 1) % every == 0 or self.global_step == 0:
             with torch.no_grad():
                 acc = in_batch_accuracy(img, txt)
+            self.curve.append({"step": int(self.global_step), "train/loss": float(loss), "train/acc": float(acc),
+                               "train/temperature": float(1.0 / scale), "train/lr": self.optimizers().param_groups[0]["lr"],
+                               "train/samples": self.samples_seen})
             self.log_dict({"train/loss": loss.detach(), "train/acc": acc, "train/temperature": 1.0 / scale.detach(),
                            "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
                            "train/samples": float(self.samples_seen)},
@@ -116,6 +120,12 @@ class FlipSystem(L.LightningModule):
     # -- validation ----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
         self._t_last = None  # validation time is not training time
+
+    def on_validation_epoch_end(self):
+        m = self.trainer.callback_metrics
+        if "val/loss" in m and not self.trainer.sanity_checking:
+            self.curve.append({"step": int(self.global_step), "val/loss": float(m["val/loss"]),
+                               "val/acc": float(m["val/acc"])})
 
     def validation_step(self, batch, batch_idx):
         loss, img, txt, _, _ = self._step(batch)
@@ -142,10 +152,11 @@ class FlipSystem(L.LightningModule):
     # -- state across resumes ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["facecaption"] = {"skipped": self.skipped.tolist(), "train_seconds": float(self.train_seconds),
-                                     "samples_seen": int(self.samples_seen)}
+                                     "samples_seen": int(self.samples_seen), "curve": self.curve}
 
     def on_load_checkpoint(self, checkpoint):
         st = checkpoint.get("facecaption", {})
         self.skipped = torch.tensor(st.get("skipped", [0] * len(SKIP_REASONS)), dtype=torch.long)
         self.train_seconds = float(st.get("train_seconds", 0.0))
         self.samples_seen = int(st.get("samples_seen", 0))
+        self.curve = list(st.get("curve", []))

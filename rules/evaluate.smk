@@ -9,6 +9,8 @@ rule evaluate:
         outs("evaluate"),
     params:
         cfg=cfg("evaluate"),
+    conda:
+        CONDA_ENV
     log:
         "logs/evaluate.log",
     message:

@@ -58,8 +58,14 @@ def collected(workdir, tiny_cfg):
 
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
-    # keep tests predictable on 2 cores
+    """One compute thread per test process: predictable on 2 cores, and no oversubscription under load."""
+    import torch
+
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def account(shards: list[str], root: str | Path = ".") -> dict[str, StageCount]:
             c.notes["empty_alt_text"] += int((empty & ok).sum())
         dup = int(col["key"].duplicated().sum())
         if dup:
-            c.notes["duplicate_key_rows"] += dup
+            c.notes["repeated_key"] += dup
 
         # faces: image level and face level
         if not (root / records_pq).exists():
@@ -144,12 +144,12 @@ def violations(counts: dict[str, StageCount]) -> list[str]:
     return out
 
 
-def table_rows(counts: dict[str, StageCount], top: int = 4) -> list[list]:
-    """Rows ``[stage, in, kept, rejected, top reasons]`` for a report table."""
+def table_rows(counts: dict[str, StageCount], top: int | None = None) -> list[list]:
+    """Rows ``[stage, in, kept, rejected, reasons]`` for a report table (every reason unless ``top``)."""
     rows = []
     for s in counts.values():
         reasons = ", ".join(f"{r} {n}" for r, n in s.rejected.most_common(top) if n)
-        if len(s.rejected) > top:
+        if top is not None and len(s.rejected) > top:
             reasons += f", +{len(s.rejected) - top} more"
         notes = "; ".join(f"{r}: {n}" for r, n in s.notes.items() if n)
         if notes:

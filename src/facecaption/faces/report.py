@@ -138,7 +138,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rep.metric("accounting_violations", bad)
     rep.metric("accounting_conserved", not bad)
     rep.metric("accounting_rejected", int(sum(v.n_rejected for v in acc.values())))
-    rep.table("faces_accounting", ["stage", "in", "kept", "rejected", "top reasons"], accounting.table_rows(acc),
+    rep.table("faces_accounting", ["stage", "in", "kept", "rejected", "rejected by reason"], accounting.table_rows(acc),
               caption="Record accounting per stage: every record in is kept or rejected with its reason.",
               note="Reasons are categories (the part before ':'); duplicate keys: the first occurrence wins.")
 

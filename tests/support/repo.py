@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SKIP = {".venv", ".git", "results", "logs", ".snakemake", "cache", "build", "__pycache__", ".pytest_cache",
-        ".dvc_cache"}
+SKIP = {".venv", ".git", ".snakemake", "build", "__pycache__", ".pytest_cache"}
+SKIP_TOP = {"results", "logs", "cache"}  # generated at the top level (benchmarks/results is a source)
 TEST_CONFIG = ["--configfile", "tests/config.test.yaml"]
 
 
@@ -25,7 +25,13 @@ def env() -> dict:
 
 def copy_repo(dst: Path, git: bool = False, src: Path = ROOT) -> Path:
     """The working tree of ``src`` (sources only) copied to ``dst``; optionally a git repo with one commit."""
-    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")])
+    src = Path(src)
+
+    def ignore(folder, names):
+        top = Path(folder) == src
+        return [n for n in names if n in SKIP or n.endswith(".egg-info") or (top and n in SKIP_TOP)]
+
+    shutil.copytree(src, dst, ignore=ignore)
     if git:
         run(["git", "init", "-q"], dst)
         run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)

@@ -30,9 +30,14 @@ class SimulatedKill(RuntimeError):
     """Raised by the ``stop_after`` test hook."""
 
 
+def tcfg_size(cfg: dict) -> int | None:
+    """The training image size: train.image_size, else the crops' align.size."""
+    return cfg["train"].get("image_size") or cfg.get("align", {}).get("size")
+
+
 def config_hash(cfg: dict, shards: list[str]) -> str:
     data = {"seed": cfg["seed"], "train": {k: v for k, v in cfg["train"].items() if k != "resume_dir"},
-            "align": cfg.get("align", {}).get("size"), "shards": shards}
+            "align": tcfg_size(cfg), "shards": shards}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -101,7 +106,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     tcfg, seed = cfg["train"], cfg["seed"]
     if tcfg["threads"]:
         torch.set_num_threads(tcfg["threads"])
-    image_size = cfg.get("align", {}).get("size")
+    image_size = tcfg_size(cfg)
     arch = M.arch_for(tcfg["arch"], image_size)
     missing = [s for s in shards if not os.path.exists(s)]
     if missing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from support.repo import TEST_CONFIG, copy_repo, digests, snakemake
+from support.repo import TEST_CONFIG, assert_same_artifacts, copy_repo, snakemake
 from support.slurm import Slurm
 
 pytestmark = pytest.mark.slow
@@ -34,6 +34,4 @@ def test_profile_runs_every_job_through_sbatch(slurm, pipeline, tmp_path):
     # every job but the target rule `all` (a local rule) was submitted with sbatch
     assert len(submitted) == total - 1, log[-3000:]
     assert (repo / "paper/build/paper.pdf").exists()
-    ours, local = digests(repo / "results"), digests(pipeline / "results")
-    assert ours.keys() == local.keys()
-    assert sorted(k for k in ours if ours[k] != local[k]) == []
+    assert_same_artifacts(repo, pipeline)

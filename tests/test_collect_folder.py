@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
 from conftest import run_stage, tiny_config

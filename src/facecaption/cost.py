@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facecaption import reference
 from facecaption import workflow as W
-from facecaption.report import Report, setup_plotting
+from facecaption.report import Report
 
 BENCH = Path("benchmarks/results")
 

@@ -24,9 +24,7 @@ HEADER = """\
 
 def render(cfg: dict, config_files: list[str]) -> str:
     shards = W.shard_ids(cfg)
-    present: set = set()
-    for f in config_files:
-        present |= set(yaml.safe_load(Path(f).read_text()) or {})
+    present = {f: set(yaml.safe_load(Path(f).read_text()) or {}) for f in config_files}
     stages: dict = {}
     for name in W.needed_stages(cfg):
         st = W.STAGES[name]
@@ -40,9 +38,10 @@ def render(cfg: dict, config_files: list[str]) -> str:
             body["cmd"] = f"facecaption {name}{extra}"
             deps, outs = W.stage_deps(name, cfg, shards=shards), W.stage_outs(name)
         body["deps"] = [*st.code, *deps]
-        keys = [k for k in st.config_keys if k in present]
-        if keys:
-            body["params"] = [{"config.yaml": keys}]
+        params = [{f: [k for k in st.config_keys if k in keys]} for f, keys in present.items()]
+        params = [p for p in params if next(iter(p.values()))]
+        if params:
+            body["params"] = params
         body["outs"] = [{o: {"persist": True}} if o in st.persist else o for o in outs]
         stages[name] = {"foreach": shards, "do": body} if st.per_shard else body
     return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=110)

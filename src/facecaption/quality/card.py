@@ -104,7 +104,7 @@ def dataset_card(cfg: dict, deps: list[str], m: dict, summ) -> str:
                        ("faces captioned (the dataset)", "faces_captioned")):
         L.append(f"| {label} | {c.get(key, 0):,} |")
     L.append(f"| faces in the quality statistics (excluded: {m.get('excluded', 0)}) | {m.get('included', 0):,} |")
-    L += ["", f"The paper's funnel for comparison (quoted): "
+    L += ["", "The paper's funnel for comparison (quoted): "
           + "; ".join(f"{s} ≈ {n:,}" for s, n, _ in reference.FUNNEL) + ".", "",
           "## Filters and why faces were dropped", ""]
     if f["drop_reasons"]:

@@ -15,7 +15,6 @@ import heapq
 import io
 import logging
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

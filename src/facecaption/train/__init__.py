@@ -1,7 +1,8 @@
 """Stage ``train``: FLIP pre-training of an open_clip model with Lightning on the caption shards.
 
 Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.train.model`) and
-``results/train/logs/`` (``csv/metrics.csv``, ``tb/`` TensorBoard events, ``summary.json``).
+``results/train/logs/`` (``csv/metrics.csv``, ``curves.csv``, ``summary.json``); TensorBoard events in
+``logs/train/tensorboard/``.
 
 Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<config hash>/checkpoints``), outside
 ``results/``: Snakemake deletes the declared outputs of a failed job, so a killed run, started again with
@@ -24,6 +25,9 @@ from pathlib import Path
 from facecaption import workflow as W
 
 log = logging.getLogger(__name__)
+
+
+TB_DIR = "logs/train/tensorboard"  # `tensorboard --logdir logs/train/tensorboard`
 
 
 class SimulatedKill(RuntimeError):
@@ -185,7 +189,12 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         out = Path(out_logs)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts"))
+        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts", "tb"))
+        # TensorBoard event files carry wall-clock times and host names in their names and bytes: they go
+        # with the job's logs (logs/train/tensorboard), not into the versioned artifacts
+        if (ckdir / "logs" / "tb").exists():
+            shutil.rmtree(TB_DIR, ignore_errors=True)
+            shutil.copytree(ckdir / "logs" / "tb", TB_DIR)
         merge_csv(ckdir / "logs", out / "csv" / "metrics.csv")
         import pandas as pd
 

@@ -64,7 +64,9 @@ def digests(folder: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
 # Files that record wall-clock time (training speed): equal once these fields are set aside.
 WALL_CLOCK = {"train/logs/summary.json": ("train_seconds", "wall_seconds_this_run", "samples_per_s", "torch_threads",
                                           "resumed_from"),
-              "reports/train/metrics.json": ("train_seconds", "train_minutes", "samples_per_s")}
+              "reports/train/metrics.json": ("train_seconds", "train_minutes", "samples_per_s"),
+              "attributes/model.json": ("train_seconds",),
+              "reports/attributes/metrics.json": ("train_seconds",)}
 WALL_CLOCK_TABLES = {"reports/train/tables/train_setup.json", "tables/train_setup.tex"}  # they print minutes
 
 

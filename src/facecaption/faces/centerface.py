@@ -174,29 +174,9 @@ class CenterFace:
 
     def _detect(self, rgb, threshold, nms_iou):
         h, w = rgb.shape[:2]
-        heat, scale, offset, lms = self.forward(rgb)
-        ys, xs = np.nonzero(heat > threshold)
-        if ys.size == 0:
-            return []
-        scores = heat[ys, xs].astype(np.float64)
-        bh = np.exp(scale[0, ys, xs]) * _STRIDE
-        bw = np.exp(scale[1, ys, xs]) * _STRIDE
-        cy = (ys + offset[0, ys, xs] + 0.5) * _STRIDE
-        cx = (xs + offset[1, ys, xs] + 0.5) * _STRIDE
-        x0 = np.clip(cx - bw / 2, 0, w)
-        y0 = np.clip(cy - bh / 2, 0, h)
-        x1 = np.clip(x0 + bw, 0, w)
-        y1 = np.clip(y0 + bh, 0, h)
-        boxes = np.stack([x0, y0, x1, y1], axis=1)
-        # landmarks: channel 2j is y, 2j+1 is x, relative to the (unclipped-size) box corner
-        lm_y = lms[0::2, ys, xs].T * bh[:, None] + y0[:, None]
-        lm_x = lms[1::2, ys, xs].T * bw[:, None] + x0[:, None]
-        keep = nms(boxes, scores, nms_iou)
-        out = []
-        for i in keep:
-            out.append(Detection(box=tuple(float(v) for v in boxes[i]), score=float(scores[i]),
-                                 landmarks=np.stack([lm_x[i], lm_y[i]], axis=1).astype(np.float32)))
-        return out
+        boxes, scores, landmarks = decode(*self.forward(rgb), h, w, threshold, nms_iou)
+        return [Detection(box=tuple(float(v) for v in b), score=float(sc), landmarks=lm)
+                for b, sc, lm in zip(boxes, scores, landmarks)]
 
     __call__ = detect
 
@@ -210,3 +190,26 @@ def _ensure_rgb(img: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     return img
+
+
+def decode(heat, scale, offset, lms, h: int, w: int, threshold: float, nms_iou: float):
+    """One image's CenterFace output maps → (boxes N×4, scores N, landmarks N×5×2) after NMS, in pixels."""
+    ys, xs = np.nonzero(heat > threshold)
+    if ys.size == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2), np.float32)
+    scores = heat[ys, xs].astype(np.float64)
+    bh = np.exp(scale[0, ys, xs]) * _STRIDE
+    bw = np.exp(scale[1, ys, xs]) * _STRIDE
+    cy = (ys + offset[0, ys, xs] + 0.5) * _STRIDE
+    cx = (xs + offset[1, ys, xs] + 0.5) * _STRIDE
+    x0 = np.clip(cx - bw / 2, 0, w)
+    y0 = np.clip(cy - bh / 2, 0, h)
+    x1 = np.clip(x0 + bw, 0, w)
+    y1 = np.clip(y0 + bh, 0, h)
+    boxes = np.stack([x0, y0, x1, y1], axis=1)
+    # landmarks: channel 2j is y, 2j+1 is x, relative to the (unclipped-size) box corner
+    lm_y = lms[0::2, ys, xs].T * bh[:, None] + y0[:, None]
+    lm_x = lms[1::2, ys, xs].T * bw[:, None] + x0[:, None]
+    keep = np.asarray(nms(boxes, scores, nms_iou), dtype=int)
+    landmarks = np.stack([lm_x, lm_y], axis=2).astype(np.float32)
+    return boxes[keep], scores[keep], landmarks[keep]

@@ -82,25 +82,9 @@ class CenterFaceDetector:
         self.nms_iou = nms_iou
 
     def _decode(self, heat, scale, offset, lms, h, w, threshold) -> list[Face]:
-        # the decoding of centerface.CenterFace.detect, on one image's maps
-        ys, xs = np.nonzero(heat > threshold)
-        if ys.size == 0:
-            return []
-        scores = heat[ys, xs].astype(np.float64)
-        bh = np.exp(scale[0, ys, xs]) * cf._STRIDE
-        bw = np.exp(scale[1, ys, xs]) * cf._STRIDE
-        cy = (ys + offset[0, ys, xs] + 0.5) * cf._STRIDE
-        cx = (xs + offset[1, ys, xs] + 0.5) * cf._STRIDE
-        x0 = np.clip(cx - bw / 2, 0, w)
-        y0 = np.clip(cy - bh / 2, 0, h)
-        x1 = np.clip(x0 + bw, 0, w)
-        y1 = np.clip(y0 + bh, 0, h)
-        boxes = np.stack([x0, y0, x1, y1], axis=1)
-        lm_y = lms[0::2, ys, xs].T * bh[:, None] + y0[:, None]
-        lm_x = lms[1::2, ys, xs].T * bw[:, None] + x0[:, None]
-        keep = cf.nms(boxes, scores, self.nms_iou)
-        return [Face(box=tuple(float(v) for v in boxes[i]), score=float(scores[i]),
-                     landmarks=np.stack([lm_x[i], lm_y[i]], axis=1).astype(np.float32)) for i in keep]
+        boxes, scores, landmarks = cf.decode(heat, scale, offset, lms, h, w, threshold, self.nms_iou)
+        return [Face(box=tuple(float(v) for v in b), score=float(sc), landmarks=lm)
+                for b, sc, lm in zip(boxes, scores, landmarks)]
 
     def detect(self, images: list[np.ndarray], threshold: float) -> list[list[Face]]:
         small = [_downscale(cf._ensure_rgb(im), self.max_side) for im in images]

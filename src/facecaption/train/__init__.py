@@ -1,8 +1,8 @@
 """Stage ``train``: FLIP pre-training of an open_clip model with Lightning on the caption shards.
 
 Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.train.model`) and
-``results/train/logs/`` (``csv/metrics.csv``, ``curves.csv``, ``summary.json``); TensorBoard events in
-``logs/train/tensorboard/``.
+``results/train/logs/`` (``curves.csv``, ``summary.json``); TensorBoard events and Lightning's CSV in
+``logs/train/``.
 
 Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<config hash>/checkpoints``), outside
 ``results/``: Snakemake deletes the declared outputs of a failed job, so a killed run, started again with
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 TB_DIR = "logs/train/tensorboard"  # `tensorboard --logdir logs/train/tensorboard`
+CSV_LOG = "logs/train/metrics.csv"  # Lightning's CSV log, merged across resumes
 
 
 class SimulatedKill(RuntimeError):
@@ -189,13 +190,13 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         out = Path(out_logs)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts", "tb"))
-        # TensorBoard event files carry wall-clock times and host names in their names and bytes: they go
-        # with the job's logs (logs/train/tensorboard), not into the versioned artifacts
+        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts", "tb", "csv"))
+        # TensorBoard events and Lightning's CSV carry wall-clock times (event names, samples/s): they go with
+        # the job's logs (logs/train/), not into the versioned artifacts; curves.csv below is the record
         if (ckdir / "logs" / "tb").exists():
             shutil.rmtree(TB_DIR, ignore_errors=True)
             shutil.copytree(ckdir / "logs" / "tb", TB_DIR)
-        merge_csv(ckdir / "logs", out / "csv" / "metrics.csv")
+        merge_csv(ckdir / "logs", Path(CSV_LOG))
         import pandas as pd
 
         pd.DataFrame(system.curve).to_csv(out / "curves.csv", index=False)  # exactly once per step, across resumes

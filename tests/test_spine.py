@@ -114,3 +114,15 @@ def test_conda_env_installs_the_lock_pins():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip == lock
     assert "python=3.11" in env["dependencies"]
+
+
+def test_a_killed_writers_temporary_file_is_cleaned_on_rewrite(tmp_path):
+    from facecaption.shards import ShardWriter
+
+    out = tmp_path / "00000.tar"
+    stale = tmp_path / ".00000.tar.tmp-99999"  # what a SIGKILLed writer leaves behind
+    stale.write_bytes(b"half a shard")
+    with ShardWriter(out) as w:
+        w.write({"__key__": "a", "txt": "x"})
+    assert out.exists() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]

@@ -27,9 +27,15 @@ FIXED_MTIME = 946684800.0
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    A temporary file left by a killed writer (SIGKILL skips every cleanup) is removed here, when the
+    output is written again, so a rerun leaves no debris beside its outputs.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

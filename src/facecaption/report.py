@@ -62,6 +62,15 @@ class Report:
         plt.close(fig)
         return str(path)
 
+    def image(self, name: str, picture) -> str:
+        """A PIL image (an example grid) as a figure, 7 inches wide, without axes."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 7 * picture.height / picture.width))
+        ax.imshow(picture)
+        ax.axis("off")
+        return self.figure(name, fig)
+
     def save(self) -> None:
         (self.folder / "metrics.json").write_text(json.dumps(self.metrics, indent=1, sort_keys=True, ensure_ascii=False))
 

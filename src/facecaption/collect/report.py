@@ -92,10 +92,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         ax.axis("off")
         rep.figure("attribute_frequency", fig)
     grid = example_grid(tars[0], truth)
-    fig, ax = plt.subplots(figsize=(7, 7 * grid.height / grid.width))
-    ax.imshow(grid)
-    ax.axis("off")
-    rep.figure("examples", fig)
+    rep.image("examples", grid)
     rep.save()
     return 0
 

@@ -146,9 +146,6 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     grid = crop_grid(tars[0]) if tars else None
     rep.metric("has_examples", grid is not None)
     if grid is not None:
-        fig, ax = plt.subplots(figsize=(7, 7 * grid.height / grid.width))
-        ax.imshow(grid)
-        ax.axis("off")
-        rep.figure("aligned_examples", fig)
+        rep.image("aligned_examples", grid)
     rep.save()
     return 0

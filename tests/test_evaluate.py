@@ -161,6 +161,7 @@ def test_csv_folder(tmp_path):
     ("extra_partition", r"list_eval_partition.txt:13: 999999.jpg has no row in list_attr_celeba.txt"),
     ("missing_row", r"list_attr_celeba.txt:14: 000012.jpg is not in list_eval_partition.txt"),
     ("missing_image", r"list_eval_partition.txt:3: image 000003.jpg is missing"),
+    ("escaping_name", r"list_attr_celeba.txt:5: image name '../outside.jpg' leaves the image folder"),
 ])
 def test_bad_celeba_input_names_file_and_line(tmp_path, damage, expected):
     root = _celeba_folder(tmp_path / "celeba")
@@ -177,6 +178,10 @@ def test_bad_celeba_input_names_file_and_line(tmp_path, damage, expected):
         part.write_text("\n".join(part.read_text().splitlines()[:-1]) + "\n")
     elif damage == "missing_image":
         (root / "img_align_celeba" / "000003.jpg").unlink()
+    elif damage == "escaping_name":  # a listed name that would read a file beside the image folder
+        Image.new("RGB", (8, 8)).save(root / "outside.jpg")
+        for f in (attr, part):
+            f.write_text(f.read_text().replace("000003.jpg", "../outside.jpg"))
     with pytest.raises(EvaluateInputError, match=expected):
         D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
 
@@ -186,6 +191,28 @@ def test_bad_csv_value_names_file_and_line(tmp_path):
     (tmp_path / "attributes.csv").write_text("image,Male\na.png,1\na.png,2\n")
     with pytest.raises(EvaluateInputError, match=r"attributes.csv:3: attribute Male value '2'"):
         D.read_dataset({"name": "c", "format": "csv", "path": str(tmp_path)})
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/hostname", "sub/../../secret.png"])
+def test_csv_image_outside_the_folder_is_refused(tmp_path, name):
+    root = tmp_path / "ds"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    (root / "attributes.csv").write_text(f"image,Male\na.png,1\n{name},-1\n")
+    with pytest.raises(EvaluateInputError, match=r"attributes.csv:3: image '.*' leaves the dataset folder"):
+        D.read_dataset({"name": "c", "format": "csv", "path": str(root)})
+
+
+@pytest.mark.parametrize("key", ["images", "attributes", "partition"])
+def test_dataset_subpaths_stay_inside_the_dataset_folder(key):
+    from conftest import tiny_config
+
+    from facecaption.config import ConfigError
+
+    spec = {"name": "c", "format": "celeba", "path": "/data/celeba", key: "../elsewhere"}
+    with pytest.raises(ConfigError, match=rf"evaluate.datasets.0.{key}: \"../elsewhere\" is not allowed; allowed: .* inside path"):
+        tiny_config(evaluate={"datasets": [spec]})
 
 
 # -- the stage -------------------------------------------------------------------------------------------

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from support.repo import BIN, ROOT, TEST_CONFIG, assert_same_artifacts, copy_repo, env, snakemake
+
+from facecaption.shards import read_parquet
 
 SRC = ROOT / "src" / "facecaption"
 
@@ -25,17 +31,18 @@ def _running(repo: Path, rule: str) -> bool:
     return (logs / rule).is_dir() and any((logs / rule).iterdir()) or (logs / f"{rule}.log").exists()
 
 
-def kill_during(repo: Path, rule: str, timeout: float = 900) -> dict[str, float]:
-    """Run the pipeline until a job of ``rule`` runs, SIGKILL everything, return mtimes of finished outputs."""
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *TEST_CONFIG], cwd=repo, env=env(),
+def kill_during(repo: Path, rule: str, config=TEST_CONFIG, ready=None, timeout: float = 900) -> dict[str, float]:
+    """Run the pipeline until a job of ``rule`` runs (and ``ready()`` holds), SIGKILL everything, return
+    the mtimes of the outputs present at the kill."""
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *config], cwd=repo, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     try:
-        while not _running(repo, rule):
+        while not (_running(repo, rule) and (ready is None or ready())):
             assert proc.poll() is None, f"pipeline ended before rule {rule} started"
             assert time.time() < deadline, f"rule {rule} never started"
-            time.sleep(0.2)
-        time.sleep(1.0)  # well inside the job
+            time.sleep(0.1 if ready else 0.2)
+        time.sleep(0.2 if ready else 1.0)  # well inside the job
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -58,6 +65,62 @@ def test_sigkill_then_rerun_equals_uninterrupted(rule, pipeline, tmp_path):
                  if not Path(k).name.startswith(".") and not k.startswith(unfinished)
                  and (repo / k).stat().st_mtime != mtime]
     assert rewritten == [], proc.stdout[-2000:]
+
+
+LLM_KEY = "sk-" + secrets.token_hex(12)  # made at run time: no file holds it unless the pipeline leaked it
+
+
+@pytest.mark.slow
+def test_sigkill_during_llm_rewrite(pipeline, tmp_path, monkeypatch):
+    """Kill while the captions jobs wait on a (slow, loopback) LLM endpoint; the rerun resends only what the
+    cache lacks, the artifacts equal an uninterrupted run with the same endpoint, and the key is nowhere."""
+    from support.llm import FakeLLM
+
+    server = FakeLLM()
+    server.delay = 0.25  # a slow model: each captions job spends seconds waiting on answers
+    monkeypatch.setenv("FC_TEST_LLM_KEY", LLM_KEY)
+    overlay = {"captions": {"llm": {"enabled": True, "base_url": server.url, "api_key_env": "FC_TEST_LLM_KEY",
+                                    "batch_size": 4, "concurrency": 2, "timeout_s": 30, "retries": 0}}}
+    config = [*TEST_CONFIG, "llm.yaml"]
+    try:
+        # reference: the finished tiny pipeline, captions and everything after them redone with the LLM
+        ref = copy_repo(tmp_path / "ref", src=pipeline)
+        shutil.copytree(pipeline / "results", ref / "results")
+        (ref / "llm.yaml").write_text(yaml.safe_dump(overlay))
+        snakemake(["--cores", "2", "--forcerun", "captions", *config], ref)
+        shards = [read_parquet(p) for p in sorted((ref / "results/captions").glob("*.parquet"))]
+        captions = pd.concat(shards)
+        assert captions["rewritten"].all() and (captions["caption"] == "REWRITTEN: " + captions["grammar_caption"]).all()
+        needed = sum(df["grammar_caption"].nunique() for df in shards)  # what the jobs send with empty caches
+        assert len(server.requests) <= needed and all(r["auth"] == f"Bearer {LLM_KEY}" for r in server.requests)
+
+        # the same from scratch, killed once the first batches are cached (a job flushes its cache after each
+        # batch of 4 and only then sends the next, so 12 requests from 2 jobs mean at least one flush)
+        server.requests.clear()
+        repo = copy_repo(tmp_path / "repo", src=pipeline)
+        (repo / "llm.yaml").write_text(yaml.safe_dump(overlay))
+        before = kill_during(repo, "captions", config, ready=lambda: len(server.requests) >= 12)
+        sent_before = len(server.requests)
+        assert sent_before < needed, "the kill came after the rewrite had finished"
+        snakemake(["--unlock", *config], repo)
+        snakemake(["--cores", "2", "--rerun-incomplete", *config], repo)
+        sent_after = len(server.requests) - sent_before
+    finally:
+        server.close()
+    assert_same_artifacts(repo, ref)
+    # the cache survived the kill: the rerun sent less than a full rewrite, and nothing came back twice beyond
+    # the answers in flight at the kill (at most one unflushed batch per running job)
+    assert sent_after <= needed - 4
+    assert sent_before + sent_after <= needed + 2 * 4
+    unfinished = tuple(interrupted_outputs(repo, before))
+    rewritten = [k for k, mtime in before.items()
+                 if not Path(k).name.startswith(".") and not k.startswith(unfinished)
+                 and (repo / k).stat().st_mtime != mtime]
+    assert rewritten == []
+    # the key reached the endpoint and no file: results, logs, the LLM cache, Snakemake's metadata
+    leaks = [str(p.relative_to(repo)) for p in repo.rglob("*")
+             if p.is_file() and ".venv" not in p.parts and LLM_KEY.encode() in p.read_bytes()]
+    assert leaks == []
 
 
 def interrupted_outputs(repo: Path, before: dict[str, float]) -> list[str]:

@@ -121,6 +121,9 @@ def test_kill_and_resume_gives_same_weights(workdir):
     summary = train(cut, shards, "b.pt", "logs_b")
     assert summary["resumed_from"] is not None and summary["steps"] == 6
     assert [s for s, _ in losses("logs_b")] == [s for s, _ in losses("logs_a")]  # curves survive the kill
+    for name in ("summary.json", "curves.csv"):  # the versioned logs do not tell a resumed run from a whole one
+        assert Path("logs_b", name).read_bytes() == Path("logs_a", name).read_bytes(), name
+    assert json.loads(Path("logs/train/timing.json").read_text())["resumed_from"] == summary["resumed_from"]
     a, b = read_checkpoint("a.pt")["state_dict"], read_checkpoint("b.pt")["state_dict"]
     assert a.keys() == b.keys()
     for k in a:

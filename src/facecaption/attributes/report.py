@@ -71,7 +71,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     conf_share = float((attrs_df[label_cols] >= 0).to_numpy().mean()) if n and label_cols else None
     rep.update({
         "arch": meta["arch"], "input_size": meta["input_size"], "attributes_predicted": len(attrs),
-        "train_images": meta["train_images"], "val_images": meta["val_images"], "train_seconds": meta["train_seconds"],
+        "train_images": meta["train_images"], "val_images": meta["val_images"],
         "epochs": meta["epochs"], "val_accuracy_mean": meta["val_accuracy_mean"], "val_accuracy": meta["val_accuracy"],
         "label_threshold": acfg["label_threshold"], "min_labels": acfg["min_labels"],
         "faces": n, "faces_kept": int(kept.sum()), "share_kept": float(kept.mean()) if n else None,

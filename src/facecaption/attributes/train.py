@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import torch
@@ -76,7 +75,6 @@ def train(acfg: dict, seed: int, attrs: list[str], train_set, val_x: torch.Tenso
                                                 pct_start=0.2)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    t0 = time.time()
     for epoch in range(acfg["epochs"]):
         model.train()
         total, count = 0.0, 0
@@ -107,7 +105,7 @@ def train(acfg: dict, seed: int, attrs: list[str], train_set, val_x: torch.Tenso
     probs = predict(model, val_x, acfg["predict_batch_size"], device)
     ev = evaluate(probs, val_y.numpy(), acfg["label_threshold"])
     info = {
-        "train_seconds": time.time() - t0, "train_images": n, "val_images": len(val_x), "history": history,
+        "train_images": n, "val_images": len(val_x), "history": history,
         "val_accuracy": {a: float(v) for a, v in zip(attrs, ev["accuracy"])},
         "val_accuracy_mean": float(np.mean(ev["accuracy"])),
         "val_confident_coverage": {a: float(v) for a, v in zip(attrs, ev["coverage"])},

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from facecaption import rng as rngmod
-from facecaption.labeled.celeba import CelebAFormatError, read_attributes
+from facecaption.labeled.celeba import CelebAFormatError, read_attributes, unsafe_name
 from facecaption.shards import iter_samples, read_parquet
 
 SPLITS = ("train", "val", "test")
@@ -229,6 +229,8 @@ def read_csv_folder(spec: dict, seed: int = 0) -> LabeledSet:
             vals.append(1 if v == "1" else 0)
         if "split" in rec and rec["split"] not in SPLITS:
             raise EvaluateInputError(f"{path}:{no}: split {rec['split']!r} is not train, val or test")
+        if unsafe_name(rec["image"]):
+            raise EvaluateInputError(f"{path}:{no}: image {rec['image']!r} leaves the dataset folder")
         img = images / rec["image"]
         if not img.exists():
             raise EvaluateInputError(f"{path}:{no}: image {rec['image']} is missing from {images}")

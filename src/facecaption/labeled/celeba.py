@@ -25,6 +25,11 @@ def _require(path: Path) -> Path:
     return path
 
 
+def unsafe_name(name: str) -> bool:
+    """A listed file name that would leave its folder (absolute, a drive, or a ``..`` part)."""
+    return name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or (len(name) > 1 and name[1] == ":")
+
+
 def read_attributes(path: str | Path) -> tuple[list[str], dict[str, list[int]]]:
     """Parse ``list_attr_celeba.txt``: a count line, a header of attribute names, then ``name v1 .. v40``."""
     path = _require(Path(path))
@@ -42,6 +47,8 @@ def read_attributes(path: str | Path) -> tuple[list[str], dict[str, list[int]]]:
             continue
         if len(parts) != len(header) + 1:
             raise CelebAFormatError(f"{path}:{no}: expected {len(header) + 1} fields, found {len(parts)}")
+        if unsafe_name(parts[0]):
+            raise CelebAFormatError(f"{path}:{no}: image name {parts[0]!r} leaves the image folder")
         values = []
         for v in parts[1:]:
             if v not in ("1", "-1"):
@@ -60,6 +67,8 @@ def read_partition(path: str | Path) -> dict[str, str]:
             continue
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             raise CelebAFormatError(f"{path}:{no}: expected 'image.jpg 0|1|2'")
+        if unsafe_name(parts[0]):
+            raise CelebAFormatError(f"{path}:{no}: image name {parts[0]!r} leaves the image folder")
         out[parts[0]] = parts[1]
     return out
 

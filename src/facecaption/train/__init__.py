@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TB_DIR = "logs/train/tensorboard"  # `tensorboard --logdir logs/train/tensorboard`
 CSV_LOG = "logs/train/metrics.csv"  # Lightning's CSV log, merged across resumes
+TIMING_LOG = "logs/train/timing.json"  # wall time, samples/s, threads, resumed-from: not a versioned artifact
 
 
 class SimulatedKill(RuntimeError):
@@ -173,18 +174,25 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     if trainer.is_global_zero:
         M.save_checkpoint(system.model, arch, out_model, steps=int(trainer.global_step))
         summary = {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
-                   "samples": int(system.samples_seen), "train_seconds": float(system.train_seconds),
-                   "wall_seconds_this_run": time.time() - t0, "resumed_from": Path(resume).name if resume else None,
-                   "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
-                                     system.samples_seen / system.train_seconds if system.train_seconds else None),
+                   "samples": int(system.samples_seen),
                    "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
                    "world_size": trainer.world_size, "batch_size": tcfg["batch_size"],
                    "global_batch": tcfg["batch_size"] * trainer.world_size,
                    "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",
-                   "torch_threads": torch.get_num_threads(),
                    "parameters": sum(p.numel() for p in system.model.parameters()),
                    "embed_dim": M.model_config(arch)["embed_dim"],
                    "train_shards": len(data.train_shards), "val_shards": len(data.val_shards)}
+        # wall-clock facts differ run to run: they go to the job's logs, never into the versioned artifacts
+        # (so a rerun gives the same bytes and the same dvc.lock); the benchmarks measure speed on purpose
+        timing = {"train_seconds": float(system.train_seconds), "wall_seconds_this_run": time.time() - t0,
+                  "resumed_from": Path(resume).name if resume else None,
+                  "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
+                                    system.samples_seen / system.train_seconds if system.train_seconds else None),
+                  "torch_threads": torch.get_num_threads(), "steps": int(trainer.global_step)}
+        Path(TIMING_LOG).parent.mkdir(parents=True, exist_ok=True)
+        Path(TIMING_LOG).write_text(json.dumps(timing, indent=1, sort_keys=True))
+        log.info("train: %d steps in %.1f s of training (%.1f samples/s)%s", timing["steps"], timing["train_seconds"],
+                 timing["samples_per_s"] or 0, f", resumed from {timing['resumed_from']}" if resume else "")
         for lg in loggers:
             lg.finalize("success")
         out = Path(out_logs)
@@ -203,7 +211,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         open_clip_cfg = {"arch": arch, "model_cfg": M.model_config(arch)}
         (out / "model_config.json").write_text(json.dumps(open_clip_cfg, indent=1))
-    return summary
+    return {**summary, **timing} if trainer.is_global_zero else summary
 
 
 def run(cfg: dict, args) -> int:

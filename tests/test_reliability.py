@@ -55,16 +55,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(rule, pipeline, tmp_path):
     repo = copy_repo(tmp_path / "repo", src=pipeline)
     before = kill_during(repo, rule)
     snakemake(["--unlock", *TEST_CONFIG], repo)  # a SIGKILL leaves Snakemake's lock behind (README)
-    proc = snakemake(["--cores", "2", "--rerun-incomplete", *TEST_CONFIG], repo)
+    snakemake(["--cores", "2", "--rerun-incomplete", *TEST_CONFIG], repo)
     assert_same_artifacts(repo, pipeline)
-    # outputs of jobs complete at the kill were not rewritten: the rerun redid only the interrupted jobs
-    # (with 2 cores, two jobs may be running; a job with only some of its outputs present was interrupted)
-    unfinished = tuple(interrupted_outputs(repo, before))
-    # (a killed writer's temporary file is debris, not an output: the rerun removes it)
-    rewritten = [k for k, mtime in before.items()
-                 if not Path(k).name.startswith(".") and not k.startswith(unfinished)
-                 and (repo / k).stat().st_mtime != mtime]
-    assert rewritten == [], proc.stdout[-2000:]
+    assert_only_interrupted_jobs_redone(repo, before)
 
 
 LLM_KEY = "sk-" + secrets.token_hex(12)  # made at run time: no file holds it unless the pipeline leaked it
@@ -112,15 +105,22 @@ def test_sigkill_during_llm_rewrite(pipeline, tmp_path, monkeypatch):
     # the answers in flight at the kill (at most one unflushed batch per running job)
     assert sent_after <= needed - 4
     assert sent_before + sent_after <= needed + 2 * 4
+    assert_only_interrupted_jobs_redone(repo, before)
+    # the key reached the endpoint and no file: results, logs, the LLM cache, Snakemake's metadata
+    leaks = [str(p.relative_to(repo)) for p in repo.rglob("*")
+             if p.is_file() and ".venv" not in p.parts and LLM_KEY.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def assert_only_interrupted_jobs_redone(repo: Path, before: dict[str, float]) -> None:
+    """Outputs of jobs complete at the kill were not rewritten: the rerun redid only the interrupted jobs
+    (with 2 cores, two jobs may be running; a job with only some of its outputs present was interrupted;
+    a killed writer's temporary file is debris, not an output: the rerun removes it)."""
     unfinished = tuple(interrupted_outputs(repo, before))
     rewritten = [k for k, mtime in before.items()
                  if not Path(k).name.startswith(".") and not k.startswith(unfinished)
                  and (repo / k).stat().st_mtime != mtime]
     assert rewritten == []
-    # the key reached the endpoint and no file: results, logs, the LLM cache, Snakemake's metadata
-    leaks = [str(p.relative_to(repo)) for p in repo.rglob("*")
-             if p.is_file() and ".venv" not in p.parts and LLM_KEY.encode() in p.read_bytes()]
-    assert leaks == []
 
 
 def interrupted_outputs(repo: Path, before: dict[str, float]) -> list[str]:

@@ -87,6 +87,12 @@ class ShardWriter:
         self.close(ok=exc_type is None)
 
 
+def leaves_folder(name: str) -> bool:
+    """A member or listed file name that would leave its folder: absolute, a drive letter, or a ``..`` part."""
+    return (name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts
+            or (len(name) > 1 and name[1] == ":"))
+
+
 def iter_samples(path: str | os.PathLike, errors: list | None = None) -> Iterator[dict]:
     """Yield samples ``{"__key__": key, ext: bytes}`` from a tar shard, grouping members by key.
 
@@ -117,7 +123,7 @@ def iter_samples(path: str | os.PathLike, errors: list | None = None) -> Iterato
                                                  if member.isreg() else 0)
                 if not member.isfile():
                     continue
-                if name.startswith("/") or ".." in Path(name).parts:
+                if leaves_folder(name):
                     if errors is not None:
                         errors.append({"key": name, "reason": "unsafe_member_path"})
                     continue

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from facecaption import rng as rngmod
-from facecaption.labeled.celeba import CelebAFormatError, read_attributes, unsafe_name
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.labeled.celeba import CelebAFormatError, read_attributes
+from facecaption.shards import iter_samples, leaves_folder, read_parquet
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"0": "train", "1": "val", "2": "test"}
@@ -229,7 +229,7 @@ def read_csv_folder(spec: dict, seed: int = 0) -> LabeledSet:
             vals.append(1 if v == "1" else 0)
         if "split" in rec and rec["split"] not in SPLITS:
             raise EvaluateInputError(f"{path}:{no}: split {rec['split']!r} is not train, val or test")
-        if unsafe_name(rec["image"]):
+        if leaves_folder(rec["image"]):
             raise EvaluateInputError(f"{path}:{no}: image {rec['image']!r} leaves the dataset folder")
         img = images / rec["image"]
         if not img.exists():

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from facecaption.celeba import ATTRIBUTES
+from facecaption.shards import leaves_folder
 
 SPLIT_CODE = {"train": "0", "val": "1", "test": "2"}
 HOW_TO_GET = ("download CelebA (Aligned&Cropped images and the annotation files) from "
@@ -23,11 +24,6 @@ def _require(path: Path) -> Path:
     if not path.exists():
         raise CelebAFormatError(f"{path}: missing; {HOW_TO_GET}")
     return path
-
-
-def unsafe_name(name: str) -> bool:
-    """A listed file name that would leave its folder (absolute, a drive, or a ``..`` part)."""
-    return name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or (len(name) > 1 and name[1] == ":")
 
 
 def read_attributes(path: str | Path) -> tuple[list[str], dict[str, list[int]]]:
@@ -47,7 +43,7 @@ def read_attributes(path: str | Path) -> tuple[list[str], dict[str, list[int]]]:
             continue
         if len(parts) != len(header) + 1:
             raise CelebAFormatError(f"{path}:{no}: expected {len(header) + 1} fields, found {len(parts)}")
-        if unsafe_name(parts[0]):
+        if leaves_folder(parts[0]):
             raise CelebAFormatError(f"{path}:{no}: image name {parts[0]!r} leaves the image folder")
         values = []
         for v in parts[1:]:
@@ -67,7 +63,7 @@ def read_partition(path: str | Path) -> dict[str, str]:
             continue
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             raise CelebAFormatError(f"{path}:{no}: expected 'image.jpg 0|1|2'")
-        if unsafe_name(parts[0]):
+        if leaves_folder(parts[0]):
             raise CelebAFormatError(f"{path}:{no}: image name {parts[0]!r} leaves the image folder")
         out[parts[0]] = parts[1]
     return out

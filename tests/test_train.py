@@ -130,6 +130,23 @@ def test_kill_and_resume_gives_same_weights(workdir):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_changed_captions_start_afresh_instead_of_resuming(workdir):
+    """Same config, same shard paths, other captions: the checkpoint of the old data is not resumed."""
+    from facecaption.train import train
+
+    shards = write_shards()
+    cfg = tiny_train_cfg(max_steps=2, val_every=2, checkpoint_every=2)
+    first = train(cfg, shards, "a.pt", "logs_a")
+    again = train(cfg, shards, "b.pt", "logs_b")  # unchanged data: the finished run is picked up
+    assert first["resumed_from"] is None and again["resumed_from"] is not None
+    with ShardWriter(shards[0]) as w:  # the same keys, the captions reworded
+        for i in range(96):
+            w.write({"__key__": f"00000_{i:05d}_00", "jpg": encode_jpeg(face(np.random.default_rng(i), COLOURS["red"])),
+                     "txt": "a reworded caption"})
+    changed = train(cfg, shards, "c.pt", "logs_c")
+    assert changed["resumed_from"] is None and changed["steps"] == 2
+
+
 def test_missing_init_weights_is_one_line(workdir, capsys):
     write_shards(n_shards=2, per_shard=8)
     assert run_stage("train", tiny_train_cfg(init="nowhere/weights.pt")) == 2

@@ -177,3 +177,104 @@ def test_report_and_paper_section(workdir):
     Path("paper/t.typ").write_text('#include "sections/train.typ"\n')
     typst.compile("paper/t.typ", output="t.pdf", root=".")
     assert Path("t.pdf").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_with_gradient_clipping(workdir, precision):
+    """The paper's settings (mixed precision, clipping on: the default grad_clip 1.0) train on CPU; Lightning's
+    AMP plugin used to refuse the fused AdamW at the first step ("does not allow for gradient clipping")."""
+    from facecaption.train import train
+
+    cfg = tiny_train_cfg(max_steps=4, val_every=4, checkpoint_every=4, log_every=1, precision=precision)
+    assert cfg["train"]["grad_clip"] == 1.0
+    summary = train(cfg, write_shards(per_shard=40), "m.pt", "logs_m")
+    if summary["precision"] != precision:  # Lightning runs fp16 AMP only on GPUs (benchmarks/gpu_check.sh runs it)
+        pytest.skip(f"Lightning ran {precision} as {summary['precision']} on this platform")
+    assert summary["steps"] == 4
+    assert all(np.isfinite(v) for _, v in losses("logs_m"))
+
+
+def test_clipping_hook_clips_the_global_norm():
+    """The system's own clipping hook (used instead of Lightning's precision plugin) scales the global gradient
+    norm down to train.grad_clip, and leaves gradients alone when clipping is off."""
+    from facecaption.train import system as S
+
+    model = torch.nn.Linear(4, 2)
+    model.weight.grad = torch.full_like(model.weight, 10.0)
+    model.bias.grad = torch.full_like(model.bias, 10.0)
+    sysm = S.FlipSystem(model, {"grad_clip": 0.5})
+    opt = torch.optim.AdamW(model.parameters())
+    sysm.configure_gradient_clipping(opt)
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    assert float(norm) == pytest.approx(0.5, rel=1e-4)
+    sysm.tcfg = {"grad_clip": None}  # off: untouched
+    model.weight.grad.fill_(10.0)
+    sysm.configure_gradient_clipping(opt)
+    assert float(model.weight.grad[0, 0]) == 10.0
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(workdir, capsys):
+    """An absurd learning rate without clipping blows the weights up: the stage stops with one line naming the
+    step and the newest good checkpoint, and no checkpoint holds non-finite weights."""
+    write_shards(per_shard=40)
+    cfg = tiny_train_cfg(max_steps=12, lr=1e30, warmup_steps=0, grad_clip=None, checkpoint_every=1, log_every=1,
+                         val_every=100)
+    assert run_stage("train", cfg) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train error: non-finite loss at step "), err
+    from facecaption.train import latest_checkpoint
+
+    ckpts = list(Path("cache/train").glob("*/checkpoints/*.ckpt"))
+    assert ckpts and f"newest good checkpoint: {latest_checkpoint(ckpts[0].parent)} (kept" in err, err
+    for ck in ckpts:
+        state = torch.load(ck, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ck
+    assert not Path(W.stage_outs("train")[0]).exists()  # no export of the bad weights
+
+
+def test_resume_keys_resume_and_learning_keys_start_afresh(workdir):
+    """Which train.* keys name another resume folder (afresh) and which resume (facecaption.train.RESUME_KEYS)."""
+    from facecaption.train import config_hash
+
+    shards = write_shards(n_shards=2, per_shard=4)
+    base = config_hash(tiny_train_cfg(), shards)
+    for key, value in [("num_workers", 3), ("threads", 2), ("log_every", 7), ("checkpoint_every", 9),
+                       ("val_every", 5), ("devices", 8), ("num_nodes", 2), ("compile", True), ("num_workers", "auto")]:
+        assert config_hash(tiny_train_cfg(**{key: value}), shards) == base, key
+    for key, value in [("lr", 1e-4), ("batch_size", 8), ("max_steps", 99), ("arch", "ViT-B-16"), ("grad_clip", None),
+                       ("augment", {"randaugment_ops": 0})]:
+        assert config_hash(tiny_train_cfg(**{key: value}), shards) != base, key
+
+
+def test_fingerprints_are_read_once_and_cached(workdir, caplog):
+    """The shard digests are computed by rank 0 once; a restart (or another rank) reads the cache, and a
+    rewritten shard is hashed again."""
+    import logging
+
+    from facecaption.train import shard_fingerprints
+
+    shards = write_shards(n_shards=2, per_shard=4)
+    with caplog.at_level(logging.INFO, logger="facecaption.train"):
+        first = shard_fingerprints(shards, Path("cache/train"), rank=0)
+        again = shard_fingerprints(shards, Path("cache/train"), rank=1, wait_s=5)
+    assert first == again and len([r for r in caplog.records if "fingerprinted" in r.message]) == 1
+    caplog.clear()
+    write_shards(n_shards=1, per_shard=5)  # shard 0 rewritten
+    with caplog.at_level(logging.INFO, logger="facecaption.train"):
+        third = shard_fingerprints(shards, Path("cache/train"), rank=0)
+    assert third[1] == first[1] and third[0] != first[0]
+    assert [r.message.split(",")[0] for r in caplog.records if "fingerprinted" in r.message] == \
+        ["train: fingerprinted 1 caption shard(s)"]
+
+
+def test_checkpoint_cut_short_by_a_kill_is_skipped(workdir):
+    from facecaption.train import latest_checkpoint
+
+    folder = Path("ck")
+    folder.mkdir()
+    torch.save({"x": torch.ones(3)}, folder / "step0000002.ckpt")
+    good = folder / "step0000002.ckpt"
+    data = good.read_bytes()
+    time.sleep(0.01)
+    (folder / "step0000004.ckpt").write_bytes(data[: len(data) // 2])  # the newest, truncated
+    assert latest_checkpoint(folder) == str(good)

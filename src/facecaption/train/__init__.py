@@ -41,23 +41,90 @@ def tcfg_size(cfg: dict) -> int | None:
     return cfg["train"].get("image_size") or cfg.get("align", {}).get("size")
 
 
+# `train.*` keys that a run resumes across: how the work is spread and watched, not what is learned. Any
+# other key (architecture, batch per device, steps, optimiser, schedule, augmentation, data split, ...) names
+# another resume folder, so changing it starts afresh. Resuming on another number of GPUs or nodes is allowed
+# (a long job often comes back on another allocation): the step count and learning-rate schedule continue,
+# the log says that the global batch changed, and the data order from there differs from an uninterrupted run
+# (the stream is partitioned by reader); so does changing the number of data-loading workers.
+RESUME_KEYS = ("resume_dir", "num_workers", "threads", "log_every", "checkpoint_every", "val_every",
+               "accelerator", "devices", "num_nodes", "compile", "matmul_precision")
+FINGERPRINTS = "fingerprints.json"  # in train.resume_dir: sha256 of each shard, keyed by path, size and mtime
+
+
+def global_rank() -> int:
+    """This process's rank from the launcher's environment (Lightning's subprocess launcher, SLURM, torchrun)
+    before any Trainer exists; 0 in a single process."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def shard_fingerprints(shards: list[str], cache_dir: Path, rank: int | None = None,
+                       wait_s: float = 1800.0) -> list[str]:
+    """sha256 of every caption shard, computed once: the digests are cached in ``cache_dir/fingerprints.json``
+    keyed by (path, size, mtime_ns), so a restart re-reads nothing that is unchanged, and only rank 0 reads
+    the shards: under Lightning's launcher it runs before the other ranks start; under SLURM, where all
+    ranks start together, the others wait for rank 0's digests (and hash themselves after ``wait_s``)."""
+    rank = global_rank() if rank is None else rank
+    path = Path(cache_dir) / FINGERPRINTS
+
+    def stat_key(shard: str) -> str:
+        st = os.stat(shard)
+        return f"{shard}|{st.st_size}|{st.st_mtime_ns}"
+
+    def cached() -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    keys = [stat_key(s) for s in shards]
+    known = cached()
+    deadline = time.time() + wait_s
+    while rank != 0 and not all(k in known for k in keys) and time.time() < deadline:
+        time.sleep(2.0)
+        known = cached()
+    todo = [(s, k) for s, k in zip(shards, keys) if k not in known]
+    if todo:
+        t0, size = time.time(), 0
+        for shard, key in todo:
+            with open(shard, "rb") as f:
+                known[key] = hashlib.file_digest(f, "sha256").hexdigest()
+            size += os.path.getsize(shard)
+        log.info("train: fingerprinted %d caption shard(s), %.1f MiB in %.1f s (cached in %s)", len(todo),
+                 size / 2**20, time.time() - t0, path)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cached(), **{k: known[k] for _, k in todo}}, indent=0, sort_keys=True))
+            os.replace(tmp, path)
+    return [known[k] for k in keys]
+
+
 def config_hash(cfg: dict, shards: list[str]) -> str:
-    """Names the resume folder: the training config *and the content of the caption shards*, so a rerun on
-    changed captions (another grammar, an LLM rewrite, other filters) starts afresh instead of resuming a
-    model trained on the old ones. Hashing streams every shard once per start: minutes at 15 M pairs,
-    against days of training."""
-    content = []
-    for path in shards:
-        with open(path, "rb") as f:
-            content.append(hashlib.file_digest(f, "sha256").hexdigest())
-    data = {"seed": cfg["seed"], "train": {k: v for k, v in cfg["train"].items() if k != "resume_dir"},
+    """Names the resume folder: the training config (less :data:`RESUME_KEYS`) *and the content of the caption
+    shards*, so a rerun on changed captions (another grammar, an LLM rewrite, other filters) starts afresh
+    instead of resuming a model trained on the old ones (:func:`shard_fingerprints` reads each shard once)."""
+    content = shard_fingerprints(shards, Path(cfg["train"]["resume_dir"]))
+    data = {"seed": cfg["seed"], "train": {k: v for k, v in cfg["train"].items() if k not in RESUME_KEYS},
             "align": tcfg_size(cfg), "shards": shards, "content": content}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def latest_checkpoint(folder: Path) -> str | None:
+    """The newest readable checkpoint: one cut short by a kill while it was written (a torch checkpoint is a
+    zip archive; a truncated one has no central directory) is skipped with a warning."""
+    import zipfile
+
     ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return str(ckpts[-1]) if ckpts else None
+    for path in reversed(ckpts):
+        try:
+            with zipfile.ZipFile(path):
+                return str(path)
+        except (zipfile.BadZipFile, OSError):
+            log.warning("train: skipping unreadable checkpoint %s (cut short by a kill?)", path)
+    return None
 
 
 def _park_csv(logs: Path) -> None:
@@ -86,6 +153,8 @@ def merge_csv(logs: Path, out: Path) -> None:
 
 
 def hardware(tcfg: dict) -> dict:
+    """Lightning's accelerator, precision, devices, nodes and strategy for ``train.*``: DDP whenever more than
+    one process trains (GPUs, or CPU processes with the gloo backend, e.g. ``accelerator: cpu, devices: 2``)."""
     import torch
 
     acc = tcfg["accelerator"]
@@ -97,11 +166,30 @@ def hardware(tcfg: dict) -> dict:
     devices = tcfg["devices"]
     if acc == "cpu":
         devices = 1 if devices == "auto" else devices
-    multi = tcfg["num_nodes"] > 1 or (acc == "gpu" and (devices == "auto" and torch.cuda.device_count() > 1
-                                                         or isinstance(devices, int) and devices > 1))
-    strategy = "ddp" if multi else "auto"
+    strategy = "ddp" if tcfg["num_nodes"] > 1 or devices_per_node(devices) > 1 else "auto"
     return {"accelerator": acc, "precision": prec, "devices": devices, "num_nodes": tcfg["num_nodes"],
             "strategy": strategy}
+
+
+def devices_per_node(devices) -> int:
+    """How many devices Lightning's ``devices`` names: a count, ``auto``/``-1`` (every GPU), or a list of ids."""
+    import torch
+
+    if devices in ("auto", -1, "-1"):
+        return torch.cuda.device_count()
+    if isinstance(devices, str) and not devices.strip().isdigit():
+        return len([d for d in devices.split(",") if d.strip()])
+    return int(devices)
+
+
+def loader_workers(tcfg: dict, hw: dict) -> int:
+    """``train.num_workers``, or for ``auto`` the CPUs this process may use shared among the devices of the
+    node, one left for the training process itself (at most 16 per device)."""
+    if tcfg["num_workers"] != "auto":
+        return int(tcfg["num_workers"])
+    per_node = devices_per_node(hw["devices"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus // max(1, per_node) - 1))
 
 
 def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None) -> dict:
@@ -115,7 +203,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
 
     from facecaption.train import model as M
     from facecaption.train.data import SKIP_REASONS, CaptionData
-    from facecaption.train.system import FlipSystem
+    from facecaption.train.system import FlipSystem, NonFiniteLoss
 
     tcfg, seed = cfg["train"], cfg["seed"]
     if tcfg["threads"]:
@@ -126,8 +214,12 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     if missing:
         raise M.TrainError(f"train error: caption shard {missing[0]} does not exist ({len(missing)} missing)")
     hw = hardware(tcfg)
+    rank0 = global_rank() == 0  # only rank 0 writes: the folders, the logs, the artifacts
+    if hw["accelerator"] == "gpu":
+        torch.set_float32_matmul_precision(tcfg["matmul_precision"])  # TF32 for what runs outside autocast
     ckdir = Path(tcfg["resume_dir"]) / config_hash(cfg, shards)
-    ckdir.mkdir(parents=True, exist_ok=True)
+    if rank0:
+        ckdir.mkdir(parents=True, exist_ok=True)
     ckpts = ckdir / "checkpoints"
     resume = latest_checkpoint(ckpts)
 
@@ -138,9 +230,11 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
             model.logit_scale.fill_(float(torch.log(torch.tensor(1.0 / tcfg["init_temperature"]))))
     tokenizer = open_clip.get_tokenizer(arch)
     data = CaptionData(shards, tcfg, seed=seed, image_size=image_size or M._image_size(M.model_config(arch)),
-                       tokenizer=tokenizer)
+                       tokenizer=tokenizer, num_workers=loader_workers(tcfg, hw))
     if not data.val_shards:
         log.warning("train: only %d shard(s); no held-out validation shards", len(shards))
+    if tcfg["compile"]:
+        model.compile()  # in place: the state dict keeps open_clip's names, so the export is unchanged
     system = FlipSystem(model, tcfg)
 
     class _Stop(Callback):  # test hook: behave like a job killed after `stop_after` steps
@@ -148,7 +242,8 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
             if stop_after is not None and trainer.global_step >= stop_after:
                 raise SimulatedKill(f"stopped after step {trainer.global_step}")
 
-    _park_csv(ckdir / "logs")
+    if rank0:
+        _park_csv(ckdir / "logs")
     every = tcfg["checkpoint_every"]
     callbacks = [ModelCheckpoint(dirpath=ckpts, filename="step{step:07d}", auto_insert_metric_name=False,
                                  every_n_train_steps=every, save_top_k=2, monitor="step", mode="max",
@@ -159,7 +254,8 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     has_val = bool(data.val_shards)
     trainer = L.Trainer(
         **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
-        gradient_clip_val=tcfg["grad_clip"], deterministic=hw["accelerator"] == "cpu",
+        gradient_clip_val=None,  # the system clips (FlipSystem.configure_gradient_clipping), AMP or not
+        deterministic=hw["accelerator"] == "cpu",
         val_check_interval=tcfg["val_every"] if has_val else None, check_val_every_n_epoch=None,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=1,  # the system throttles its own logging
         default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False,
@@ -171,7 +267,18 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*__len__.*")
         warnings.filterwarnings("ignore", ".*that ended before the epoch ended.*")
-        trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
+        try:
+            trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
+        except NonFiniteLoss as exc:
+            good = latest_checkpoint(ckpts)
+            raise M.TrainError(f"train error: {exc}; newest good checkpoint: {good or 'none yet'} (kept; no "
+                               f"checkpoint holds non-finite weights); lower train.lr or set train.grad_clip, "
+                               f"then rerun to resume from it") from None
+        except torch.OutOfMemoryError:
+            raise M.TrainError(f"train error: out of GPU memory at train.batch_size: {tcfg['batch_size']} per device "
+                               f"({arch}, {image_size or 'native'} px, {hw['precision']}); lower train.batch_size "
+                               f"(add GPUs to keep the global batch), or use a smaller train.arch / "
+                               f"train.image_size") from None
     if getattr(trainer, "interrupted", False):
         raise RuntimeError("training interrupted")
     if has_val and trainer.global_step % tcfg["val_every"] != 0:
@@ -184,6 +291,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         summary = {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
                    "samples": int(system.samples_seen),
                    "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
+                   "precision": str(trainer.precision),  # what Lightning ran (16-mixed becomes bf16 on CPU)
                    "world_size": trainer.world_size, "batch_size": tcfg["batch_size"],
                    "global_batch": tcfg["batch_size"] * trainer.world_size,
                    "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",

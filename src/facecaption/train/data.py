@@ -6,8 +6,9 @@ stream, per process (rank) and data-loader worker:
 * **split by node and worker**: with at least as many shards as readers (ranks x workers) each reader takes
   every k-th shard of a seeded shard order; with fewer, every reader reads all shards and keeps every k-th
   sample, so no worker starves on a small corpus;
-* **resampled** shards (``train.resampled``; on by default when more than one process trains): each reader
-  draws shards with replacement from its own seeded stream, the webdataset recipe for multi-node runs;
+* **exact passes** by default: across ranks and workers every training sample is read exactly once per pass
+  (tests/test_train_ddp.py); ``train.resampled: true`` instead lets each reader draw shards with replacement
+  from its own seeded stream (the webdataset recipe when shards vastly outnumber readers);
 * **shuffled with a seed**: a per-reader shuffle buffer driven by ``facecaption.rng.stream``;
 * **the paper's augmentation**: bicubic resize, horizontal flip, RandAugment, each sample's randomness keyed by
   (seed, pass, sample key), never by order, so a resumed stream produces identical tensors;
@@ -79,7 +80,7 @@ def _decode(sample: dict) -> tuple[str | None, str | None, Image.Image | None]:
 
 
 class CaptionStream(IterableDataset):
-    """Infinite (train) or finite (validation) stream of batches ``(images, tokens, skipped[3])``."""
+    """Infinite (train) or finite (validation) stream of batches ``(images, tokens, skipped[3], keys)``."""
 
     def __init__(self, shards: list[str], *, tokenizer, image_size: int, batch_size: int, seed: int,
                  train: bool = True, augment: dict | None = None, shuffle_buffer: int = 500,
@@ -155,7 +156,7 @@ class CaptionStream(IterableDataset):
         if self.train and self.start_batches > w:
             skip = math.ceil((self.start_batches - w) / nw)  # batches this worker delivered before the resume
         skipped = np.zeros(len(SKIP_REASONS), np.int64)
-        images, texts, emitted, seen = [], [], 0, 0
+        images, texts, keys, emitted, seen = [], [], [], 0, 0
         for p, sample in self._shuffled(self._raw(gid, total), gid):
             if self.max_samples is not None and seen >= math.ceil(self.max_samples / total):
                 break
@@ -174,21 +175,24 @@ class CaptionStream(IterableDataset):
             else:
                 images.append(tf(image))
             texts.append(caption)
+            keys.append(sample["__key__"])
             if len(images) == self.batch_size:
                 if emitted >= skip:
-                    yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy())
+                    yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy()), keys
                 skipped[:] = 0  # per-batch counts (those of skipped batches were counted before the resume)
                 emitted += 1
-                images, texts = [], []
+                images, texts, keys = [], [], []
         if images and not self.train:
-            yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy())
+            yield torch.stack(images), self.tokenizer(texts), torch.from_numpy(skipped.copy()), keys
 
 
 class CaptionData(L.LightningDataModule):
     """Train stream over all but the last ``val_shards`` caption shards; validation on those."""
 
-    def __init__(self, shards: list[str], tcfg: dict, *, seed: int, image_size: int, tokenizer):
+    def __init__(self, shards: list[str], tcfg: dict, *, seed: int, image_size: int, tokenizer,
+                 num_workers: int | None = None):
         super().__init__()
+        self.num_workers = tcfg["num_workers"] if num_workers is None else num_workers
         nval = tcfg["val_shards"] if len(shards) > tcfg["val_shards"] else 0
         self.train_shards = shards[: len(shards) - nval]
         self.val_shards = shards[len(shards) - nval:]
@@ -200,16 +204,14 @@ class CaptionData(L.LightningDataModule):
 
     def train_dataloader(self):
         rank, world = self._world()
-        resampled = self.tcfg["resampled"]
-        if resampled == "auto":
-            resampled = world > 1
+        resampled = self.tcfg["resampled"] is True  # auto: exact passes, each sample once per pass over all readers
         ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=self.image_size,
                            batch_size=self.tcfg["batch_size"], seed=self.seed, train=True,
                            augment=self.tcfg["augment"], shuffle_buffer=self.tcfg["shuffle_buffer"],
                            resampled=bool(resampled))
         ds.rank, ds.world = rank, world
         ds.start_batches = self.trainer.global_step if getattr(self, "trainer", None) is not None else 0
-        nw = self.tcfg["num_workers"]
+        nw = self.num_workers
         return DataLoader(ds, batch_size=None, num_workers=nw, persistent_workers=False,
                           pin_memory=torch.cuda.is_available(), prefetch_factor=4 if nw else None)
 

@@ -2,11 +2,24 @@
 
 The ``nn.Module`` (``self.model``) is an unmodified open_clip model, so its ``state_dict`` is what
 ``open_clip.create_model_and_transforms(arch, pretrained=PATH)`` loads. The loss is open_clip's
-``ClipLoss`` with features gathered across ranks (``local_loss``, ``gather_with_grad``) under DDP.
+``ClipLoss`` with features gathered across ranks (``local_loss``, ``gather_with_grad``) under DDP
+(:func:`contrastive_loss`): the mean of the ranks' losses is the single-process loss of the global batch.
+
+Gradient clipping under mixed precision: Lightning's AMP plugin refuses to clip with a fused optimizer
+("performs unscaling of gradients internally"), yet the fused AdamW is the fast one on a GPU. The system
+therefore clips in its own ``configure_gradient_clipping`` hook (the Trainer gets no ``gradient_clip_val``):
+under ``32-true`` and ``bf16-mixed`` there is no gradient scaler, the gradients are the true ones when the
+hook runs, and the fused AdamW is kept; under ``16-mixed`` (a GradScaler) the optimiser is the non-fused
+(foreach) AdamW, so Lightning unscales the gradients before the hook and the clip acts on true gradients.
+
+A non-finite loss stops training: every step records it on the device (no host sync), and the flag is
+checked across ranks at every logged step and before every checkpoint, so no checkpoint is ever written
+from non-finite weights; the error names the first bad step and the newest good checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -16,6 +29,7 @@ from open_clip.loss import ClipLoss
 
 from facecaption.train.data import SKIP_REASONS
 
+log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)  # temperature floor 0.01, as in CLIP / open_clip
 
 
@@ -35,6 +49,17 @@ def lr_lambda(tcfg: dict):
         return 1.0
 
     return f
+
+
+def contrastive_loss(rank: int = 0, world: int = 1) -> ClipLoss:
+    """open_clip's contrastive loss; with ``world > 1`` each rank scores its own rows against the features
+    gathered from every rank (with their gradients), so the mean over ranks equals the loss of the global
+    batch in one process (tests/test_train_ddp.py)."""
+    return ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; raised before any checkpoint of the bad weights is written."""
 
 
 def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -57,20 +82,36 @@ class FlipSystem(L.LightningModule):
         self.timed_seconds, self.timed_samples = 0.0, 0  # steady-state throughput (this process's run)
         self._t_last: float | None = None
         self._rate: float | None = None
+        self.resumed_global_batch: int | None = None
+        # the first step with a non-finite loss (-1: none), kept on the device: no host sync per step
+        self.register_buffer("_bad_step", torch.tensor(-1, dtype=torch.long), persistent=False)
 
     def setup(self, stage: str) -> None:
         world = self.trainer.world_size if self._trainer is not None else 1
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True,
-                                rank=rank, world_size=world)
+        self.loss_fn = contrastive_loss(rank, world)
 
     def _step(self, batch):
-        images, tokens, skipped = batch
-        img = self.model.encode_image(images, normalize=True)
-        txt = self.model.encode_text(tokens, normalize=True)
-        scale = self.model.logit_scale.exp()
+        images, tokens, skipped, _keys = batch
+        out = self.model(images, tokens)  # the module's forward: what `train.compile` compiles
+        img, txt, scale = (out["image_features"], out["text_features"], out["logit_scale"]) if isinstance(out, dict) \
+            else out[:3]
         loss = self.loss_fn(img, txt, scale)
         return loss, img, txt, scale, skipped
+
+    # -- non-finite loss -----------------------------------------------------------------------------------
+    def _record_finite(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self._bad_step < 0)
+        self._bad_step = torch.where(bad, torch.full_like(self._bad_step, self.global_step), self._bad_step)
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLoss` on every rank if any rank saw a non-finite loss (a collective: call it
+        at the same point on all ranks)."""
+        if self._trainer is None:
+            return
+        bad = int(self._bad_step)
+        if self.trainer.strategy.reduce_boolean_decision(bad >= 0, all=False):
+            raise NonFiniteLoss(f"non-finite loss at step {bad if bad >= 0 else '(on another rank)'}")
 
     # -- training ------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
@@ -87,14 +128,16 @@ class FlipSystem(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, img, txt, scale, skipped = self._step(batch)
+        self._record_finite(loss)
         bs = len(img)
         self.skipped += skipped.to("cpu", torch.long)
         self.samples_seen += bs * self.trainer.world_size
         every = self.tcfg["log_every"]
         if (self.global_step + 1) % every == 0 or self.global_step == 0:
+            self.check_finite()
             with torch.no_grad():
                 acc = in_batch_accuracy(img, txt)
-            self.curve.append({"step": int(self.global_step), "train/loss": float(loss), "train/acc": float(acc),
+            self.curve.append({"step": int(self.global_step), "train/loss": float(loss.detach()), "train/acc": float(acc),
                                "train/temperature": float(1.0 / scale), "train/lr": self.optimizers().param_groups[0]["lr"],
                                "train/samples": self.samples_seen})
             self.log_dict({"train/loss": loss.detach(), "train/acc": acc, "train/temperature": 1.0 / scale.detach(),
@@ -109,6 +152,14 @@ class FlipSystem(L.LightningModule):
             if (self.global_step + 1) % every == 0:
                 self.log("train/samples_per_s", self._rate, batch_size=bs, rank_zero_only=True)
         return loss
+
+    def on_train_start(self):
+        now = self.trainer.world_size * self.tcfg["batch_size"]
+        if self.resumed_global_batch is not None and self.resumed_global_batch != now:
+            log.warning("train: resumed with global batch %d (was %d): %d process(es) x train.batch_size %d; the "
+                        "step count and learning-rate schedule continue, the data order from here differs from an "
+                        "uninterrupted run", now, self.resumed_global_batch, self.trainer.world_size,
+                        self.tcfg["batch_size"])
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():
@@ -143,19 +194,34 @@ class FlipSystem(L.LightningModule):
                 or "embedding" in name or "token_embedding" in name
             (no_decay if excluded else decay).append(p)
         t = self.tcfg
+        # fused AdamW (fast on GPUs) except under a gradient scaler, where the clip needs Lightning to unscale
+        # first, which it does only for optimisers that do not unscale inside their step (module docstring)
+        scaled = self._trainer is not None and str(self.trainer.precision).startswith("16")
         opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
                                  {"params": decay, "weight_decay": t["weight_decay"]}],
-                                lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"], fused=True)
+                                lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"], fused=not scaled,
+                                foreach=True if scaled else None)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip the global gradient norm to ``train.grad_clip`` here rather than through the precision plugin
+        (see the module docstring); the parameters in the optimiser's order, as Lightning's own clip does."""
+        clip = self.tcfg["grad_clip"]
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+
     # -- state across resumes ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
+        self.check_finite()  # never a checkpoint of non-finite weights
         checkpoint["facecaption"] = {"skipped": self.skipped.tolist(), "train_seconds": float(self.train_seconds),
-                                     "samples_seen": int(self.samples_seen), "curve": self.curve}
+                                     "samples_seen": int(self.samples_seen), "curve": self.curve,
+                                     "world_size": int(self.trainer.world_size),
+                                     "global_batch": int(self.trainer.world_size * self.tcfg["batch_size"])}
 
     def on_load_checkpoint(self, checkpoint):
         st = checkpoint.get("facecaption", {})
+        self.resumed_global_batch = st.get("global_batch")
         self.skipped = torch.tensor(st.get("skipped", [0] * len(SKIP_REASONS)), dtype=torch.long)
         self.train_seconds = float(st.get("train_seconds", 0.0))
         self.samples_seen = int(st.get("samples_seen", 0))

@@ -91,10 +91,16 @@ def projection(cfg: dict) -> dict:
         if m:
             machine[name] = m
 
-    tr = _load("train")
-    gpu_rate = cost["gpu_samples_per_s"] or _first(tr, "gpu.samples_per_s", "ours_gpu.samples_per_s")
+    tr, tg = _load("train"), _load("train_gpu")  # train_gpu.json: bench_train.py --gpu (benchmarks/gpu_check.sh)
+    measured = _first(tg, "gpu.samples_per_s")
+    gpu_rate = cost["gpu_samples_per_s"] or measured or _first(tr, "gpu.samples_per_s", "ours_gpu.samples_per_s")
     samples = faces_final * cost["epochs"]
-    if gpu_rate:
+    if gpu_rate and not cost["gpu_samples_per_s"] and measured:
+        gpu_hours = samples / gpu_rate / 3600
+        gpu_how = (f"measured on one {tg.get('device', 'GPU')} ({tg.get('arch', 'ViT-B-16')}, batch "
+                   f"{(tg.get('gpu') or {}).get('batch')}, benchmarks/results/train_gpu.json), scaled linearly "
+                   f"to {cost['cluster_gpus']} GPUs")
+    elif gpu_rate:
         gpu_hours, gpu_how = samples / gpu_rate / 3600, "projected from a measured rate"
     else:
         t = reference.TRAINING

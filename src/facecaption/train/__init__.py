@@ -249,8 +249,11 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
                                  every_n_train_steps=every, save_top_k=2, monitor="step", mode="max",
                                  save_last=True, save_on_train_epoch_end=False),
                  TQDMProgressBar(refresh_rate=max(1, min(tcfg["log_every"], 10))), _Stop()]
-    loggers = [CSVLogger(save_dir=ckdir, name="logs", version="csv"),
-               TensorBoardLogger(save_dir=ckdir, name="logs", version="tb", default_hp_metric=False)]
+    loggers = [CSVLogger(save_dir=ckdir, name="logs", version="csv")]
+    try:
+        loggers.append(TensorBoardLogger(save_dir=ckdir, name="logs", version="tb", default_hp_metric=False))
+    except ModuleNotFoundError as exc:  # a bare GPU machine may lack tensorboard: the CSV log and curves remain
+        log.warning("train: no TensorBoard events (%s)", exc)
     has_val = bool(data.val_shards)
     trainer = L.Trainer(
         **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
@@ -304,7 +307,11 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
                   "resumed_from": Path(resume).name if resume else None,
                   "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
                                     system.samples_seen / system.train_seconds if system.train_seconds else None),
-                  "torch_threads": torch.get_num_threads(), "steps": int(trainer.global_step)}
+                  "torch_threads": torch.get_num_threads(), "steps": int(trainer.global_step),
+                  "data_workers": data.num_workers, "compile": bool(tcfg["compile"]),
+                  # share of the steady-state training time the GPU sat idle between steps (rank 0's GPU)
+                  "gpu_idle_fraction": (system.gpu_idle_seconds / system.timed_seconds
+                                        if hw["accelerator"] == "gpu" and system.timed_seconds else None)}
         Path(TIMING_LOG).parent.mkdir(parents=True, exist_ok=True)
         Path(TIMING_LOG).write_text(json.dumps(timing, indent=1, sort_keys=True))
         log.info("train: %d steps in %.1f s of training (%.1f samples/s)%s", timing["steps"], timing["train_seconds"],

@@ -83,6 +83,8 @@ class FlipSystem(L.LightningModule):
         self._t_last: float | None = None
         self._rate: float | None = None
         self.resumed_global_batch: int | None = None
+        self.gpu_idle_seconds = 0.0  # this process's steady-state steps (see _gpu_gap_start)
+        self._gpu_end, self._gpu_gaps = None, []
         # the first step with a non-finite loss (-1: none), kept on the device: no host sync per step
         self.register_buffer("_bad_step", torch.tensor(-1, dtype=torch.long), persistent=False)
 
@@ -125,6 +127,21 @@ class FlipSystem(L.LightningModule):
                 self.timed_samples += len(batch[0]) * self.trainer.world_size
             self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
         self._t_last = now
+        if self.device.type == "cuda":
+            self._gpu_gap_start(batch_idx)
+
+    # -- GPU idle time between steps (the loader must never be the bottleneck) -----------------------------
+    def _gpu_gap_start(self, batch_idx: int) -> None:
+        """CUDA events after each step and before the next: on the GPU's own timeline the gap between them is
+        time the GPU had nothing queued (waiting for data or the host). Read without blocking (``query``)."""
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        if self._gpu_end is not None and batch_idx >= 3:
+            self._gpu_gaps.append((self._gpu_end, start))
+        while self._gpu_gaps and self._gpu_gaps[0][1].query():
+            end, nxt = self._gpu_gaps.pop(0)
+            self.gpu_idle_seconds += end.elapsed_time(nxt) / 1000.0
+        self._gpu_end = None
 
     def training_step(self, batch, batch_idx):
         loss, img, txt, scale, skipped = self._step(batch)
@@ -164,6 +181,9 @@ class FlipSystem(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if self.device.type == "cuda":
+            self._gpu_end = torch.cuda.Event(enable_timing=True)
+            self._gpu_end.record()
 
     def on_train_end(self):
         self._t_last = None
@@ -171,6 +191,7 @@ class FlipSystem(L.LightningModule):
     # -- validation ----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
         self._t_last = None  # validation time is not training time
+        self._gpu_end = None
 
     def on_validation_epoch_end(self):
         m = self.trainer.callback_metrics

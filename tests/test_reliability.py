@@ -33,7 +33,8 @@ def _running(repo: Path, rule: str) -> bool:
 
 def kill_during(repo: Path, rule: str, config=TEST_CONFIG, ready=None, timeout: float = 900) -> dict[str, float]:
     """Run the pipeline until a job of ``rule`` runs (and ``ready()`` holds), SIGKILL everything, return
-    the mtimes of the outputs present at the kill."""
+    the mtimes of the outputs present at the kill (read them with :func:`incomplete_outputs` before any
+    rerun to know which jobs were interrupted)."""
     proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *config], cwd=repo, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
@@ -49,15 +50,32 @@ def kill_during(repo: Path, rule: str, config=TEST_CONFIG, ready=None, timeout: 
     return {str(p.relative_to(repo)): p.stat().st_mtime for p in (repo / "results").rglob("*") if p.is_file()}
 
 
+def incomplete_outputs(repo: Path) -> list[str]:
+    """The outputs Snakemake itself marked as incomplete: it marks every output of a job when the job starts
+    (``.snakemake/incomplete/<urlsafe base64 of the path>``, split into ``@``-prefixed folders when long) and
+    unmarks them when the job has finished; after a SIGKILL the marks of the interrupted jobs remain. This is
+    what ``--rerun-incomplete`` redoes, whichever of those outputs already exist."""
+    from base64 import urlsafe_b64decode
+
+    root = repo / ".snakemake" / "incomplete"
+    out = []
+    for path in root.rglob("*") if root.exists() else []:
+        if path.is_file() and path.name != "migration_underway":
+            encoded = "".join(part.removeprefix("@") for part in path.relative_to(root).parts)
+            out.append(urlsafe_b64decode(encoded).decode())
+    return sorted(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["collect", "faces", "train"])
 def test_sigkill_then_rerun_equals_uninterrupted(rule, pipeline, tmp_path):
     repo = copy_repo(tmp_path / "repo", src=pipeline)
     before = kill_during(repo, rule)
+    unfinished = incomplete_outputs(repo)
     snakemake(["--unlock", *TEST_CONFIG], repo)  # a SIGKILL leaves Snakemake's lock behind (README)
     snakemake(["--cores", "2", "--rerun-incomplete", *TEST_CONFIG], repo)
     assert_same_artifacts(repo, pipeline)
-    assert_only_interrupted_jobs_redone(repo, before)
+    assert_only_interrupted_jobs_redone(repo, before, unfinished)
 
 
 LLM_KEY = "sk-" + secrets.token_hex(12)  # made at run time: no file holds it unless the pipeline leaked it
@@ -95,6 +113,8 @@ def test_sigkill_during_llm_rewrite(pipeline, tmp_path, monkeypatch):
         before = kill_during(repo, "captions", config, ready=lambda: len(server.requests) >= 12)
         sent_before = len(server.requests)
         assert sent_before < needed, "the kill came after the rewrite had finished"
+        unfinished = incomplete_outputs(repo)
+        assert any(o.startswith("results/captions/") for o in unfinished), unfinished
         snakemake(["--unlock", *config], repo)
         snakemake(["--cores", "2", "--rerun-incomplete", *config], repo)
         sent_after = len(server.requests) - sent_before
@@ -105,38 +125,23 @@ def test_sigkill_during_llm_rewrite(pipeline, tmp_path, monkeypatch):
     # the answers in flight at the kill (at most one unflushed batch per running job)
     assert sent_after <= needed - 4
     assert sent_before + sent_after <= needed + 2 * 4
-    assert_only_interrupted_jobs_redone(repo, before)
+    assert_only_interrupted_jobs_redone(repo, before, unfinished)
     # the key reached the endpoint and no file: results, logs, the LLM cache, Snakemake's metadata
     leaks = [str(p.relative_to(repo)) for p in repo.rglob("*")
              if p.is_file() and ".venv" not in p.parts and LLM_KEY.encode() in p.read_bytes()]
     assert leaks == []
 
 
-def assert_only_interrupted_jobs_redone(repo: Path, before: dict[str, float]) -> None:
-    """Outputs of jobs complete at the kill were not rewritten: the rerun redid only the interrupted jobs
-    (with 2 cores, two jobs may be running; a job with only some of its outputs present was interrupted;
-    a killed writer's temporary file is debris, not an output: the rerun removes it)."""
-    unfinished = tuple(interrupted_outputs(repo, before))
+def assert_only_interrupted_jobs_redone(repo: Path, before: dict[str, float], unfinished: list[str]) -> None:
+    """Outputs of jobs complete at the kill were not rewritten: the rerun redid only the jobs Snakemake had
+    marked incomplete (with 2 cores, two jobs may be running; a report job's directory may already hold some
+    files; a killed writer's temporary file is debris, not an output: the rerun removes it)."""
+    assert unfinished, "no job was running at the kill"
+    inside = tuple(o + "/" for o in unfinished)  # files of a directory output
     rewritten = [k for k, mtime in before.items()
-                 if not Path(k).name.startswith(".") and not k.startswith(unfinished)
+                 if not Path(k).name.startswith(".") and not (k in unfinished or k.startswith(inside))
                  and (repo / k).stat().st_mtime != mtime]
     assert rewritten == []
-
-
-def interrupted_outputs(repo: Path, before: dict[str, float]) -> list[str]:
-    """Outputs of the jobs that had written some but not all of their outputs when killed."""
-    from facecaption import config as fc_config
-    from facecaption import workflow as W
-
-    cfg = fc_config.load([repo / "config.yaml", repo / "tests/config.test.yaml"])
-    out = []
-    for name, st in W.STAGES.items():
-        for shard in W.shard_ids(cfg) if st.per_shard else [None]:
-            outs = W.stage_outs(name, shard)
-            present = [o for o in outs if o in before or any(k.startswith(o + "/") for k in before)]
-            if present and len(present) < len(outs) or (name == "train" and present):
-                out += outs
-    return out
 
 
 def _python_sources():

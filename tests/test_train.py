@@ -278,3 +278,14 @@ def test_checkpoint_cut_short_by_a_kill_is_skipped(workdir):
     time.sleep(0.01)
     (folder / "step0000004.ckpt").write_bytes(data[: len(data) // 2])  # the newest, truncated
     assert latest_checkpoint(folder) == str(good)
+
+
+def test_gpu_asked_without_cuda_is_one_line_at_the_stage_start(workdir, capsys):
+    """A train job that lands where torch finds no CUDA (a cluster's login node checks nothing: the job does)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_shards(n_shards=2, per_shard=8)
+    assert run_stage("train", tiny_train_cfg(accelerator="gpu")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("config error: train.accelerator: gpu, but torch "), err
+    assert not Path("cache").exists()  # stopped before any work

@@ -228,10 +228,10 @@ def _collect_samples(tar_path: str, images: pd.DataFrame, records: list, optout=
 
 def run_shard(cfg: dict, shard: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     fcfg, acfg = cfg["faces"], cfg["align"]
+    detector = make_detector(fcfg, threads=threads())  # first: a detector that cannot run stops the shard at once
     tar_in, parquet_in = W.stage_deps("faces", cfg, shard)
     tar_out, parquet_out, records_out = W.stage_outs("faces", shard)
     images = read_parquet(parquet_in)
-    detector = make_detector(fcfg, threads=threads())
     extra: list = []
     optout = OptOut.from_config(cfg.get("optout"))
     faces_df, records = process(_collect_samples(tar_in, images, extra, optout), fcfg, acfg, detector, tar_out,

@@ -47,7 +47,8 @@ class Face:
 
 
 class ModelMissing(RuntimeError):
-    """A detector's weights are not where the config says; the message is one line saying what to do."""
+    """The configured detector cannot run here: its weights are not where the config says, or it asks for CUDA
+    where there is none (``faces.insightface.device``); the message is one line saying what to do."""
 
 
 def _session_options(threads: int):
@@ -136,7 +137,12 @@ def find_insightface_model(ins: dict) -> str:
 
 
 class InsightFaceDetector:
-    """SCRFD/RetinaFace from an insightface model pack, through insightface's ``SCRFD`` class."""
+    """SCRFD/RetinaFace from an insightface model pack, through insightface's ``SCRFD`` class.
+
+    ``device: cuda`` runs it on onnxruntime's CUDA provider; where that is missing (a CPU-only onnxruntime, no
+    GPU, CUDA libraries not found) it stops with one line, or runs on CPU with one warning line when
+    ``cuda_fallback: cpu`` (see :mod:`facecaption.preflight`). ``self.device`` is the device it runs on.
+    """
 
     name = "insightface"
 
@@ -144,19 +150,38 @@ class InsightFaceDetector:
         import onnxruntime as ort
         from insightface.model_zoo.scrfd import SCRFD
 
+        from facecaption import preflight
+        from facecaption.config import ConfigError
+
+        try:  # the build is checked first, before the model is looked for
+            device, warning = preflight.faces_device(ins, probe=False)
+        except ConfigError as exc:
+            raise ModelMissing(str(exc)) from None
+        if warning:
+            log.warning(warning)
         path = find_insightface_model(ins)
-        cuda = ins.get("device", "cpu") == "cuda"
-        providers = ["CPUExecutionProvider"]
-        if cuda:
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelMissing("faces: faces.insightface.device is cuda but onnxruntime has no "
-                                   "CUDAExecutionProvider; install onnxruntime-gpu or set device: cpu")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        session = ort.InferenceSession(path, sess_options=_session_options(threads), providers=providers)
+        opts = _session_options(threads)
+        session = None
+        if device == "cuda":
+            preflight.preload_cuda()
+            with preflight.quiet_onnxruntime():
+                session = ort.InferenceSession(path, sess_options=opts, providers=preflight.CUDA_PROVIDERS)
+            problem = preflight.session_cuda_problem(session)
+            if problem:  # onnxruntime fell back to its CPU provider on its own: say so, or stop
+                try:
+                    device, warning = preflight.faces_fallback(ins, problem)
+                except ConfigError as exc:
+                    raise ModelMissing(str(exc)) from None
+                log.warning(warning)
+                session = None
+        if session is None:
+            session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.device = device
         self.model = SCRFD(model_file=path, session=session)
         size = int(ins.get("det_size", 640))
         self.det_size = (size, size)
-        self.model.prepare(0 if cuda else -1, input_size=self.det_size, nms_thresh=float(ins.get("nms_iou", 0.4)))
+        self.model.prepare(0 if device == "cuda" else -1, input_size=self.det_size,
+                           nms_thresh=float(ins.get("nms_iou", 0.4)))
         if not self.model.use_kps:
             raise ModelMissing(f"faces: {path} is a detector without landmarks; the faces stage needs a "
                                "5-landmark model (e.g. det_10g.onnx of buffalo_l)")

@@ -338,12 +338,15 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
 
 
 def run(cfg: dict, args) -> int:
+    from facecaption.config import ConfigError
+    from facecaption.preflight import require_cuda_for_train
     from facecaption.train.model import TrainError
 
     model_out, logs_out = W.stage_outs("train")
     try:
+        require_cuda_for_train(cfg)  # a job submitted to a node without CUDA: one line, before any work
         train(cfg, W.stage_deps("train", cfg), model_out, logs_out)
-    except TrainError as exc:
+    except (TrainError, ConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0

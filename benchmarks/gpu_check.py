@@ -71,7 +71,7 @@ import json, sys
 import numpy as np, open_clip, torch
 from PIL import Image
 assert not any(m.startswith("facecaption") for m in sys.modules)
-model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=sys.argv[1])
+model, _, preprocess = open_clip.create_model_and_transforms(sys.argv[1])  # local-dir:<the hub-layout folder>
 model.eval()
 images = [Image.fromarray(np.full((224, 224, 3), 40 * i, np.uint8)) for i in range(4)]
 with torch.no_grad():
@@ -114,7 +114,8 @@ def stage_vit(tmp: Path, gpu: bool) -> dict:
     if os.environ.get("PYTHONPATH"):  # the wheels brought along (open_clip), never facecaption's src/
         plain_env["PYTHONPATH"] = os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
                                                   if p and Path(p).resolve() != (ROOT / "src").resolve())
-    plain = subprocess.run([sys.executable, "-c", PLAIN, str(model_path), str(tmp / "plain.npy")], cwd=tmp,
+    hub = work / W.stage_outs("train")[2]
+    plain = subprocess.run([sys.executable, "-c", PLAIN, f"local-dir:{hub}", str(tmp / "plain.npy")], cwd=tmp,
                            env=plain_env, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr[-2000:]
     ours, pre, _ = M.load(str(model_path), "ViT-B-16")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def test_loss_falls_and_export_roundtrips(workdir):
     t0 = time.time()
     assert run_stage("train", cfg) == 0
     elapsed = time.time() - t0
-    model_path, logs = W.stage_outs("train")
+    model_path, logs, hub = W.stage_outs("train")
     ls = losses(logs)
     assert np.mean([v for _, v in ls[-3:]]) < ls[0][1] - 0.4, ls
     summary = json.loads((Path(logs) / "summary.json").read_text())
@@ -103,6 +105,32 @@ def test_loss_falls_and_export_roundtrips(workdir):
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
     # the trained model matches colours to captions better than chance
     assert (np.argmax(a @ t.T, axis=1) == np.arange(len(texts))).mean() > 1 / len(texts)
+
+    # the hub-layout folder loads in a process that never imports facecaption (a derived -32px architecture
+    # that open_clip has never heard of), with the same image and text embeddings
+    np.save("images.npy", np.stack([np.asarray(im) for im in images]))
+    Path("texts.json").write_text(json.dumps(texts))
+    fresh = subprocess.run([sys.executable, "-c", PLAIN_OPEN_CLIP, f"local-dir:{hub}"], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    np.testing.assert_allclose(np.load("plain_images.npy"), a, atol=1e-5)
+    np.testing.assert_allclose(np.load("plain_texts.npy"), t, atol=1e-5)
+
+
+PLAIN_OPEN_CLIP = """
+import json, sys
+import numpy as np, open_clip, torch
+from PIL import Image
+model, _, preprocess = open_clip.create_model_and_transforms(sys.argv[1])
+tokenizer = open_clip.get_tokenizer(sys.argv[1])
+model.eval()
+images = [Image.fromarray(x) for x in np.load("images.npy")]
+with torch.no_grad():
+    img = model.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True).numpy()
+    txt = model.encode_text(tokenizer(json.load(open("texts.json"))), normalize=True).numpy()
+np.save("plain_images.npy", img)
+np.save("plain_texts.npy", txt)
+assert not [m for m in sys.modules if m.startswith("facecaption")], "facecaption was imported"
+"""
 
 
 @pytest.mark.slow
@@ -289,3 +317,13 @@ def test_gpu_asked_without_cuda_is_one_line_at_the_stage_start(workdir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("config error: train.accelerator: gpu, but torch "), err
     assert not Path("cache").exists()  # stopped before any work
+
+
+def test_epochs_set_the_steps_from_the_training_samples(workdir):
+    """train.epochs: steps = ceil(epochs x training samples / global batch); the held-out shard is not counted."""
+    from facecaption.train import train
+
+    shards = write_shards(n_shards=3, per_shard=40)  # 2 training shards (80 samples) + 1 held out
+    summary = train(tiny_train_cfg(epochs=1.5, max_steps=999, val_every=4, checkpoint_every=4), shards, "m.pt", "logs_m")
+    assert summary["steps"] == 8 == summary["max_steps_from_epochs"]  # ceil(1.5 * 80 / 16)
+    assert summary["epochs"] == 1.5 and summary["samples"] == 8 * 16

@@ -118,7 +118,7 @@ def test_ddp_kill_resume_equals_uninterrupted_and_only_rank0_writes(workdir):
     common = {"accelerator": "cpu", "devices": 2, "num_workers": 1, "threads": 1, "max_steps": 10,
               "checkpoint_every": 2, "val_every": 5, "log_every": 1}
     e = _ddp_env(workdir)
-    model, logs = W.stage_outs("train")
+    model, logs, _ = W.stage_outs("train")
 
     # uninterrupted
     whole = subprocess.run(_train_cmd(tiny_train_cfg(resume_dir="cache/a", **common)), env=e, capture_output=True,

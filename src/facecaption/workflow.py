@@ -95,7 +95,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
             params=("captions",), code="captions/report.py", help="caption faithfulness audit and examples"),
     # -- training ------------------------------------------------------------------------------------------
     Stage("train", deps=(f"{R}/captions/{ALL}.tar",), params=("seed", "train", "align"),
-          outs=(f"{R}/train/flip.pt", f"{R}/train/logs"), dirs=(f"{R}/train/logs",),
+          outs=(f"{R}/train/flip.pt", f"{R}/train/logs", f"{R}/train/open_clip"),
+          dirs=(f"{R}/train/logs", f"{R}/train/open_clip"),
           code=(f"{PKG}/train",), help="FLIP pre-training (open_clip + Lightning)"),
     _report("train", deps=(f"{R}/train/logs",), params=(), code="train/report.py", help="training curves"),
     # -- evaluation ----------------------------------------------------------------------------------------

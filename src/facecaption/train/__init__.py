@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -60,12 +61,46 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+class _Hashing:
+    """A read-only file wrapper that feeds every byte read through a hash (so one pass both hashes a shard
+    and lets tarfile count its samples)."""
+
+    def __init__(self, f, h):
+        self.f, self.h = f, h
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _digest_and_count(shard: str) -> dict:
+    """sha256 of a shard's bytes and its number of samples (distinct webdataset keys), in one streaming pass."""
+    import tarfile
+
+    h, keys = hashlib.sha256(), set()
+    with open(shard, "rb") as f:
+        reader = _Hashing(f, h)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    if member.isfile():
+                        base = member.name.rsplit("/", 1)[-1]
+                        keys.add(member.name[: len(member.name) - len(base)] + base.split(".", 1)[0])
+        except tarfile.TarError:
+            pass  # a damaged shard still gets its digest; the stream skips and counts its bad samples
+        while reader.read(1 << 20):  # the rest (tar padding, or what follows the damage)
+            pass
+    return {"sha256": h.hexdigest(), "samples": len(keys)}
+
+
 def shard_fingerprints(shards: list[str], cache_dir: Path, rank: int | None = None,
-                       wait_s: float = 1800.0) -> list[str]:
-    """sha256 of every caption shard, computed once: the digests are cached in ``cache_dir/fingerprints.json``
+                       wait_s: float = 1800.0) -> list[dict]:
+    """``{"sha256", "samples"}`` of every caption shard, computed once: cached in ``cache_dir/fingerprints.json``
     keyed by (path, size, mtime_ns), so a restart re-reads nothing that is unchanged, and only rank 0 reads
     the shards: under Lightning's launcher it runs before the other ranks start; under SLURM, where all
-    ranks start together, the others wait for rank 0's digests (and hash themselves after ``wait_s``)."""
+    ranks start together, the others wait for rank 0's digests (and read the shards themselves after
+    ``wait_s``)."""
     rank = global_rank() if rank is None else rank
     path = Path(cache_dir) / FINGERPRINTS
 
@@ -89,8 +124,7 @@ def shard_fingerprints(shards: list[str], cache_dir: Path, rank: int | None = No
     if todo:
         t0, size = time.time(), 0
         for shard, key in todo:
-            with open(shard, "rb") as f:
-                known[key] = hashlib.file_digest(f, "sha256").hexdigest()
+            known[key] = _digest_and_count(shard)
             size += os.path.getsize(shard)
         log.info("train: fingerprinted %d caption shard(s), %.1f MiB in %.1f s (cached in %s)", len(todo),
                  size / 2**20, time.time() - t0, path)
@@ -106,7 +140,7 @@ def config_hash(cfg: dict, shards: list[str]) -> str:
     """Names the resume folder: the training config (less :data:`RESUME_KEYS`) *and the content of the caption
     shards*, so a rerun on changed captions (another grammar, an LLM rewrite, other filters) starts afresh
     instead of resuming a model trained on the old ones (:func:`shard_fingerprints` reads each shard once)."""
-    content = shard_fingerprints(shards, Path(cfg["train"]["resume_dir"]))
+    content = [f["sha256"] for f in shard_fingerprints(shards, Path(cfg["train"]["resume_dir"]))]
     data = {"seed": cfg["seed"], "train": {k: v for k, v in cfg["train"].items() if k not in RESUME_KEYS},
             "align": tcfg_size(cfg), "shards": shards, "content": content}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -192,9 +226,11 @@ def loader_workers(tcfg: dict, hw: dict) -> int:
     return max(1, min(16, cpus // max(1, per_node) - 1))
 
 
-def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None) -> dict:
-    """Train, export ``out_model``, copy logs to ``out_logs``; returns the summary. ``stop_after`` (tests)
-    raises after that many steps, as a killed job would stop."""
+def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None,
+          out_hub: str | None = None) -> dict:
+    """Train, export ``out_model`` (and, when given, ``out_hub``: open_clip's hub layout), copy logs to
+    ``out_logs``; returns the summary. ``stop_after`` (tests) raises after that many steps, as a killed job
+    would stop."""
     import lightning as L
     import open_clip
     import torch
@@ -233,6 +269,13 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
                        tokenizer=tokenizer, num_workers=loader_workers(tcfg, hw))
     if not data.val_shards:
         log.warning("train: only %d shard(s); no held-out validation shards", len(shards))
+    if tcfg["epochs"] is not None:  # steps from passes over the training shards (counted once, with their digests)
+        train_samples = sum(f["samples"] for f in shard_fingerprints(data.train_shards, Path(tcfg["resume_dir"])))
+        world = devices_per_node(hw["devices"]) * hw["num_nodes"]
+        steps = max(1, math.ceil(tcfg["epochs"] * train_samples / (tcfg["batch_size"] * world)))
+        log.info("train: %g epochs of %d samples at a global batch of %d = %d steps", tcfg["epochs"], train_samples,
+                 tcfg["batch_size"] * world, steps)
+        tcfg = {**tcfg, "max_steps": steps}
     if tcfg["compile"]:
         model.compile()  # in place: the state dict keeps open_clip's names, so the export is unchanged
     system = FlipSystem(model, tcfg)
@@ -291,6 +334,8 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     summary = {}
     if trainer.is_global_zero:
         M.save_checkpoint(system.model, arch, out_model, steps=int(trainer.global_step))
+        if out_hub is not None:
+            M.save_open_clip_folder(system.model, arch, out_hub, steps=int(trainer.global_step))
         summary = {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
                    "samples": int(system.samples_seen),
                    "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
@@ -300,7 +345,9 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
                    "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",
                    "parameters": sum(p.numel() for p in system.model.parameters()),
                    "embed_dim": M.model_config(arch)["embed_dim"],
-                   "train_shards": len(data.train_shards), "val_shards": len(data.val_shards)}
+                   "train_shards": len(data.train_shards), "val_shards": len(data.val_shards),
+                   **({"epochs": tcfg["epochs"], "max_steps_from_epochs": tcfg["max_steps"]}
+                      if tcfg["epochs"] is not None else {})}
         # wall-clock facts differ run to run: they go to the job's logs, never into the versioned artifacts
         # (so a rerun gives the same bytes and the same dvc.lock); the benchmarks measure speed on purpose
         timing = {"train_seconds": float(system.train_seconds), "wall_seconds_this_run": time.time() - t0,
@@ -342,10 +389,10 @@ def run(cfg: dict, args) -> int:
     from facecaption.preflight import require_cuda_for_train
     from facecaption.train.model import TrainError
 
-    model_out, logs_out = W.stage_outs("train")
+    model_out, logs_out, hub_out = W.stage_outs("train")
     try:
         require_cuda_for_train(cfg)  # a job submitted to a node without CUDA: one line, before any work
-        train(cfg, W.stage_deps("train", cfg), model_out, logs_out)
+        train(cfg, W.stage_deps("train", cfg), model_out, logs_out, out_hub=hub_out)
     except (TrainError, ConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -112,6 +112,35 @@ def save_checkpoint(model: torch.nn.Module, arch: str, path: str | os.PathLike, 
         torch.save(payload, tmp)
 
 
+HUB_CONFIG, HUB_WEIGHTS = "open_clip_config.json", "open_clip_pytorch_model.bin"  # open_clip's hub file names
+
+
+def save_open_clip_folder(model: torch.nn.Module, arch: str, folder: str | os.PathLike, **meta) -> None:
+    """Export in open_clip's hub layout: ``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg``) and
+    ``open_clip_pytorch_model.bin`` (the state dict). Any process with open_clip 3.x loads it, whatever the
+    architecture (a derived ``<arch>-<size>px`` one too) and without importing facecaption:
+    ``open_clip.create_model_and_transforms("local-dir:" + folder)``; ``huggingface_hub.upload_folder`` publishes
+    the same folder for ``hf-hub:``. The preprocessing is the train stage's evaluation transform (square
+    resize, bicubic, OpenAI's mean and std)."""
+    import json
+
+    from facecaption.shards import atomic_path
+    from facecaption.train.data import MEAN, STD
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).clone() if v.is_floating_point() else v.detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    config = {"model_cfg": model_config(arch),
+              "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
+                                 "resize_mode": "squash"},
+              "facecaption": {"arch": arch, **meta}}
+    with atomic_path(folder / HUB_WEIGHTS) as tmp:
+        torch.save(state, tmp)
+    with atomic_path(folder / HUB_CONFIG) as tmp:
+        Path(tmp).write_text(json.dumps(config, indent=1, sort_keys=True))
+
+
 def load(checkpoint: str | None, arch: str, device: str = "cpu", image_size: int | None = None):
     """``(model, preprocess, tokenizer)`` in eval mode on ``device``.
 

@@ -337,3 +337,143 @@ def test_pooled_intermediate_features():
     assert final.shape == (3, 128) and pooled.shape == (3, 128 + 2 * width)
     np.testing.assert_allclose(pooled[:, :128], final, atol=1e-5)
     assert np.allclose(np.linalg.norm(final, axis=1), 1, atol=1e-5)
+
+
+# -- folders from synthface.formats, aligned evaluation sets, config checks before any job runs ---------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """data/celeba and data/lfwa (the overlays' paths) as synthetic stand-ins in the published layouts."""
+    from facecaption.synthface.formats import write_celeba, write_lfwa
+
+    root = tmp_path_factory.mktemp("formats")
+    celeba = write_celeba(root / "data" / "celeba", n_identities=10, images_per_identity=2, seed=1)
+    write_lfwa(root / "data" / "lfwa", n_identities=8, images_per_identity=2, seed=1)
+    return root, celeba
+
+
+def test_celeba_with_landmarks_is_aligned_like_the_labeled_set(rendered):
+    from facecaption.evaluate.encoders import open_image
+    from facecaption.faces.align import align
+    from facecaption.labeled.celeba import read_landmarks
+
+    root, truth = rendered
+    path = root / "data" / "celeba"
+    spec = {"name": "CelebA-20k", "format": "celeba", "path": str(path), "landmarks": "list_landmarks_align_celeba.txt"}
+    ds = D.read_dataset(spec, seed=0, align={"size": 64, "scale": 0.6})
+    points = read_landmarks(path / "list_landmarks_align_celeba.txt")
+    key, source = ds.splits["test"].keys[0], ds.splits["test"].sources[0]
+    assert isinstance(source, bytes)  # the aligned crop, JPEG-encoded as the labeled set's
+    got = np.asarray(open_image(source))
+    with Image.open(path / "img_align_celeba" / f"{key}.jpg") as im:
+        expected, _ = align(np.asarray(im.convert("RGB")), points[f"{key}.jpg"], 64, 0.6)
+    assert got.shape == (64, 64, 3) and np.abs(got.astype(int) - expected).mean() < 3
+    # without landmarks: the middle square, as before
+    plain = D.read_dataset({**spec, "landmarks": None}, seed=0)
+    assert plain.splits["test"].sources[0][1] == "square"
+    assert plain.sizes() == ds.sizes() and sum(ds.sizes().values()) == len(truth)
+    # a listed image without landmarks stops with the file
+    lm = path.parent / "celeba_lm"
+    import shutil
+
+    shutil.copytree(path, lm)
+    lines = (lm / "list_landmarks_align_celeba.txt").read_text().splitlines()
+    kept = [line for line in lines if not line.startswith(f"{key}.jpg")]
+    (lm / "list_landmarks_align_celeba.txt").write_text("\n".join(kept) + "\n")
+    with pytest.raises(EvaluateInputError, match=rf"landmarks_align_celeba.txt: image {key}.jpg .* has no landmarks"):
+        D.read_dataset({**spec, "path": str(lm)}, seed=0)
+
+
+def _overlays():
+    from facecaption import config as fc_config
+
+    return fc_config.load([ROOT / "config.yaml", ROOT / "config" / "celeba.yaml", ROOT / "config" / "lfwa.yaml"])
+
+
+def test_shipped_overlays_combine(rendered, monkeypatch):
+    root, _ = rendered
+    monkeypatch.chdir(root)
+    cfg = _overlays()
+    D.check_datasets(cfg)
+    names = [D.labeled_set_name(cfg), *[d["name"] for d in cfg["evaluate"]["datasets"]]]
+    assert names == ["CelebA", "LFWA", "CelebA-20k"]
+    for spec in cfg["evaluate"]["datasets"]:  # and the stage's reader takes them
+        ds = D.read_dataset(spec, cfg["seed"], cfg["align"])
+        assert all(n > 0 for n in ds.sizes().values())
+    # each overlay alone passes too
+    from facecaption import config as fc_config
+
+    for overlay in ("celeba.yaml", "lfwa.yaml"):
+        D.check_datasets(fc_config.load([ROOT / "config.yaml", ROOT / "config" / overlay]))
+
+
+def _check(cfg) -> str:
+    from facecaption.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        D.check_datasets(cfg)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("config error: ")
+    return msg
+
+
+def test_check_datasets_missing_folders_name_the_key(rendered, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing under data/
+    cfg = _overlays()
+    assert _check(cfg).startswith("config error: labeled.celeba_dir: data/celeba does not exist; download CelebA")
+    assert "python -m facecaption.synthface.formats celeba data/celeba" in _check(cfg)
+    cfg["labeled"]["celeba_dir"] = None
+    assert _check(cfg).startswith("config error: labeled.celeba_dir: not set, but labeled.source is celeba")
+    cfg["labeled"]["source"] = "synthface"
+    msg = _check(cfg)
+    assert msg.startswith("config error: evaluate.datasets[0].path: data/lfwa does not exist; get LFWA")
+    assert msg.endswith("python -m facecaption.synthface.formats lfwa data/lfwa")
+    root, _ = rendered
+    import shutil
+
+    shutil.copytree(root / "data" / "lfwa", tmp_path / "data" / "lfwa")
+    assert _check(cfg).startswith("config error: evaluate.datasets[1].path: data/celeba does not exist")
+    shutil.copytree(root / "data" / "celeba", tmp_path / "data" / "celeba")
+    D.check_datasets(cfg)
+    # a file or folder inside a dataset folder
+    for key, rel, spec_key in (("images", "lfw", 0), ("attributes", "list_attr_lfw.txt", 0),
+                               ("partition", "list_eval_partition_lfw.txt", 0),
+                               ("landmarks", "list_landmarks_align_celeba.txt", 1)):
+        broken = json.loads(json.dumps(cfg))
+        broken["evaluate"]["datasets"][spec_key][key] = "nowhere"
+        folder = "data/lfwa" if spec_key == 0 else "data/celeba"
+        assert _check(broken).startswith(f"config error: evaluate.datasets[{spec_key}].{key}: {folder}/nowhere does "
+                                         f"not exist; ")
+    # the defaults of a format are checked too
+    (tmp_path / "data" / "celeba" / "list_eval_partition.txt").rename(tmp_path / "part.txt")
+    assert _check(cfg).startswith("config error: evaluate.datasets[1].partition: data/celeba/list_eval_partition.txt "
+                                  "does not exist (the celeba default); ")
+    cfg["labeled"]["source"] = "celeba"
+    cfg["labeled"]["celeba_dir"] = "data/celeba"
+    assert _check(cfg).startswith("config error: labeled.celeba_dir: data/celeba/list_eval_partition.txt does not "
+                                  "exist")
+    (tmp_path / "part.txt").rename(tmp_path / "data" / "celeba" / "list_eval_partition.txt")
+    cfg["labeled"]["celeba_landmarks"] = "lm.txt"
+    assert _check(cfg).startswith("config error: labeled.celeba_landmarks: data/celeba/lm.txt does not exist")
+    del cfg["labeled"]["celeba_landmarks"]
+    (tmp_path / "data" / "celeba" / "list_landmarks_align_celeba.txt").unlink()  # the labeled set falls back
+    assert _check(cfg).startswith("config error: evaluate.datasets[1].landmarks: ")  # explicit for the dataset
+
+
+def test_check_datasets_duplicate_names(rendered, monkeypatch):
+    root, _ = rendered
+    monkeypatch.chdir(root)
+    cfg = _overlays()
+    cfg["evaluate"]["datasets"][1]["name"] = "CelebA"  # what the lfwa overlay used to call it
+    assert _check(cfg) == ("config error: evaluate.datasets[1].name: 'CelebA' is also the name of "
+                           "evaluate.labeled_name (the labeled set); dataset names must be distinct in tables: set "
+                           "evaluate.labeled_name (e.g. \"CelebA (labeled)\") or rename this entry")
+    cfg["evaluate"]["labeled_name"] = "CelebA (labeled)"
+    D.check_datasets(cfg)
+    cfg["evaluate"]["datasets"][1]["name"] = "LFWA"
+    assert _check(cfg).startswith("config error: evaluate.datasets[1].name: 'LFWA' is also the name of "
+                                  "evaluate.datasets[0].name; ")
+    cfg["evaluate"]["datasets"][1].update(name="mine", format="csv", landmarks="x.txt")
+    assert _check(cfg).startswith("config error: evaluate.datasets[1].landmarks: only for the celeba and lfwa formats")

@@ -88,7 +88,7 @@ def datasets(cfg: dict) -> list[D.LabeledSet]:
     ev = cfg["evaluate"]
     labeled = [p for p in W.stage_deps("evaluate", cfg) if p.startswith(f"{W.R}/labeled/")]
     sets = [D.read_labeled(labeled, ev.get("labeled_name"))]
-    sets += [D.read_dataset(spec, cfg["seed"]) for spec in ev["datasets"]]
+    sets += [D.read_dataset(spec, cfg["seed"], cfg["align"]) for spec in ev["datasets"]]
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise EvaluateInputError(f"evaluate.datasets: dataset names must be distinct, got {names}")

@@ -4,9 +4,14 @@
 * folders in their published formats, named in ``evaluate.datasets``: CelebA (``img_align_celeba/``,
   ``list_attr_celeba.txt``, ``list_eval_partition.txt``), LFWA (the same layout for LFW: an attribute list
   with -1/1 values and a partition file; a partition without a validation split gets one carved from the
-  training identities, never from the test split) and any folder with an attribute CSV.
+  training identities, never from the test split) and any folder with an attribute CSV. With ``landmarks``
+  (CelebA's landmark format) every image is aligned with the faces stage's function and template
+  (``align.size``, ``align.scale``), the framing the labeled set and the crawled faces have; without, the
+  middle square of each image is used.
 
-Problems stop with :class:`EvaluateInputError`, one line naming the file (and line).
+Problems stop with :class:`EvaluateInputError`, one line naming the file (and line). Before any job runs,
+:func:`check_datasets` stops a config whose dataset names clash or whose folders or files are missing, with
+a :class:`~facecaption.config.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from facecaption import rng as rngmod
-from facecaption.labeled.celeba import CelebAFormatError, read_attributes
-from facecaption.shards import iter_samples, leaves_folder, read_parquet
+from facecaption.config import ConfigError
+from facecaption.labeled.celeba import CelebAFormatError, read_attributes, read_landmarks
+from facecaption.shards import encode_jpeg, iter_samples, leaves_folder, read_parquet
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"0": "train", "1": "val", "2": "test"}
@@ -100,6 +106,13 @@ def read_labeled(files: list[str], name: str | None = None) -> LabeledSet:
     return LabeledSet(name, attributes, splits)
 
 
+def labeled_set_name(config: dict) -> str:
+    """The labeled set's name in tables, from the config: ``evaluate.labeled_name``, else what
+    :func:`read_labeled` guesses for that ``labeled.source`` (CelebA or synthface)."""
+    given = (config.get("evaluate") or {}).get("labeled_name")
+    return given or ("CelebA" if (config.get("labeled") or {}).get("source") == "celeba" else "synthface")
+
+
 # -- folders in published formats ----------------------------------------------------------------------
 def _line_of(path: Path, name: str) -> int:
     for no, line in enumerate(path.read_text().splitlines(), start=1):
@@ -145,12 +158,38 @@ def _find_image(folder: Path, name: str) -> Path | None:
     return q if q.exists() else None
 
 
-def read_attribute_folder(spec: dict, seed: int = 0) -> LabeledSet:
-    """A CelebA- or LFWA-format folder (attribute list with -1/1 values + partition file)."""
+FOLDER_DEFAULTS = {"celeba": ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"),
+                   "lfwa": ("lfw", "list_attr_lfw.txt", "list_eval_partition_lfw.txt"),
+                   "csv": (".", "attributes.csv", None)}
+
+
+def _align_params(align: dict | None) -> tuple[int, float]:
+    """(size, scale) of ``align`` (the config section), or the schema's defaults."""
+    if align is None:
+        from facecaption.config import schema
+
+        props = schema()["properties"]["align"]["properties"]
+        align = {k: v["default"] for k, v in props.items()}
+    return int(align["size"]), float(align["scale"])
+
+
+def _aligned_jpeg(path: Path, points: np.ndarray, size: int, scale: float) -> bytes:
+    """The image aligned with the faces stage's function and template, as the labeled set stores it."""
+    from PIL import Image
+
+    from facecaption.faces.align import align as align_face
+
+    with Image.open(path) as im:
+        crop, _ = align_face(np.asarray(im.convert("RGB")), points, size, scale)
+    return encode_jpeg(crop)
+
+
+def read_attribute_folder(spec: dict, seed: int = 0, align: dict | None = None) -> LabeledSet:
+    """A CelebA- or LFWA-format folder (attribute list with -1/1 values + partition file, optional landmark
+    list). ``align``: the config's ``align`` section (size, scale) for datasets with landmarks."""
     fmt = spec["format"]
     root = Path(spec["path"])
-    defaults = {"celeba": ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"),
-                "lfwa": ("lfw", "list_attr_lfw.txt", "list_eval_partition_lfw.txt")}[fmt]
+    defaults = FOLDER_DEFAULTS[fmt]
     images = root / (spec.get("images") or defaults[0])
     attr_path = root / (spec.get("attributes") or defaults[1])
     part_path = root / (spec.get("partition") or defaults[2])
@@ -171,6 +210,16 @@ def read_attribute_folder(spec: dict, seed: int = 0) -> LabeledSet:
             raise EvaluateInputError(f"{attr_path}:{_line_of(attr_path, name)}: {name} is not in {part_path.name}")
     if not images.is_dir():
         raise EvaluateInputError(f"{images}: missing image folder of {spec['name']!r}")
+    points, lm_path = None, None
+    if spec.get("landmarks"):
+        lm_path = root / spec["landmarks"]
+        if not lm_path.exists():
+            raise EvaluateInputError(f"{lm_path}: missing landmark file of {spec['name']!r}")
+        try:
+            points = read_landmarks(lm_path)
+        except CelebAFormatError as exc:
+            raise EvaluateInputError(str(exc)) from None
+    size, scale = _align_params(align)
     by_split = {s: sorted(n for n, v in partition.items() if v == s) for s in SPLITS}
     identity = {n: (_person(n) if fmt == "lfwa" else "") for n in partition}
     note = ""
@@ -189,7 +238,12 @@ def read_attribute_folder(spec: dict, seed: int = 0) -> LabeledSet:
             p = _find_image(images, n)
             if p is None:
                 raise EvaluateInputError(f"{part_path}:{_line_of(part_path, n)}: image {n} is missing from {images}")
-            sources.append((str(p), "square"))
+            if points is None:
+                sources.append((str(p), "square"))
+                continue
+            if n not in points:
+                raise EvaluateInputError(f"{lm_path}: image {n} (listed in {part_path.name}) has no landmarks")
+            sources.append(_aligned_jpeg(p, points[n], size, scale))
         splits[s] = Split([Path(n).stem for n in names], sources,
                           np.array([labels[n] for n in names], dtype=np.uint8).reshape(len(names), len(header)),
                           [identity[n] for n in names])
@@ -255,10 +309,80 @@ def read_csv_folder(spec: dict, seed: int = 0) -> LabeledSet:
     return LabeledSet(spec["name"], attrs, splits)
 
 
-def read_dataset(spec: dict, seed: int = 0) -> LabeledSet:
+def read_dataset(spec: dict, seed: int = 0, align: dict | None = None) -> LabeledSet:
+    """One ``evaluate.datasets`` entry. ``align``: the config's ``align`` section, used by datasets with
+    ``landmarks`` (None: the schema's defaults)."""
     if spec["format"] == "csv":
         return read_csv_folder(spec, seed)
-    return read_attribute_folder(spec, seed)
+    return read_attribute_folder(spec, seed, align)
+
+
+# -- config checks before any job runs -----------------------------------------------------------------
+_HOW_TO_GET = {
+    "celeba": ("download CelebA (Aligned&Cropped images and the annotation files) from "
+               "mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
+    "lfwa": "get LFWA (LFW images in lfw/ and the attribute and partition lists of Liu et al.'s LFWA release)",
+    "csv": "put the images and the attribute CSV there",
+}
+
+
+def _how_to_get(fmt: str, folder: str) -> str:
+    text = f"{_HOW_TO_GET[fmt]} into {folder}"
+    if fmt in ("celeba", "lfwa"):
+        text += f", or for a dry run write a synthetic stand-in: python -m facecaption.synthface.formats {fmt} {folder}"
+    return text
+
+
+def check_datasets(config: dict) -> None:
+    """Stop a config that would fail in the labeled or evaluate stage for want of data, before any job runs:
+    a missing CelebA folder for ``labeled.source: celeba``, clashing dataset names (the labeled set's
+    included) and missing folders or files of ``evaluate.datasets``. Raises :class:`ConfigError` with one line
+    naming the key. Only existence is checked here; the contents are read (and checked) by the stages."""
+    lab = config.get("labeled") or {}
+    if lab.get("source") == "celeba":
+        how = _how_to_get("celeba", lab.get("celeba_dir") or "<folder>")
+        if not lab.get("celeba_dir"):
+            raise ConfigError(f"config error: labeled.celeba_dir: not set, but labeled.source is celeba; {how}, "
+                              f"and set labeled.celeba_dir to it")
+        root = Path(lab["celeba_dir"])
+        if not root.is_dir():
+            raise ConfigError(f"config error: labeled.celeba_dir: {root} does not exist; {how}")
+        for part in ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"):
+            if not (root / part).exists():
+                raise ConfigError(f"config error: labeled.celeba_dir: {root / part} does not exist; {how}")
+        if lab.get("celeba_landmarks") and not (root / lab["celeba_landmarks"]).exists():
+            raise ConfigError(f"config error: labeled.celeba_landmarks: {root / lab['celeba_landmarks']} does not "
+                              f"exist; give CelebA's list_landmarks_align_celeba.txt, or remove the key")
+    ev = config.get("evaluate") or {}
+    seen = {labeled_set_name(config): "evaluate.labeled_name"}
+    for i, spec in enumerate(ev.get("datasets") or []):
+        key, fmt, name = f"evaluate.datasets[{i}]", spec["format"], spec["name"]
+        if name in seen:
+            other = seen[name]
+            hint = ("set evaluate.labeled_name (e.g. \"CelebA (labeled)\") or rename this entry"
+                    if other == "evaluate.labeled_name" else "rename one of them")
+            raise ConfigError(f"config error: {key}.name: {name!r} is also the name of {other}"
+                              f"{' (the labeled set)' if other == 'evaluate.labeled_name' else ''}; dataset names "
+                              f"must be distinct in tables: {hint}")
+        seen[name] = f"{key}.name"
+        root = Path(spec["path"])
+        if not root.is_dir():
+            raise ConfigError(f"config error: {key}.path: {root} does not exist; {_how_to_get(fmt, spec['path'])}")
+        if spec.get("landmarks") and fmt == "csv":
+            raise ConfigError(f"config error: {key}.landmarks: only for the celeba and lfwa formats; remove it")
+        images, attributes, partition = FOLDER_DEFAULTS[fmt]
+        parts = [("images", spec.get("images") or images, "is_dir"),
+                 ("attributes", spec.get("attributes") or attributes, "exists"),
+                 ("partition", spec.get("partition") or partition, "exists"),
+                 ("landmarks", spec.get("landmarks"), "exists")]
+        for field_name, rel, test in parts:
+            if rel is None:
+                continue
+            target = root / rel
+            if not getattr(target, test)():
+                raise ConfigError(f"config error: {key}.{field_name}: {target} does not exist"
+                                  f"{'' if spec.get(field_name) else ' (the ' + fmt + ' default)'}; "
+                                  f"{_how_to_get(fmt, spec['path'])}, or set {key}.{field_name}")
 
 
 # -- held-out captioned faces --------------------------------------------------------------------------

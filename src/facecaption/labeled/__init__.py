@@ -5,7 +5,9 @@ probe is scored on it. Splits never share an identity. Sources:
 
 * ``synthface`` (embedded default): rendered faces of held-out identities, aligned by their true
   landmarks with the same template the faces stage uses;
-* ``celeba``: a local CelebA folder in its published format (``labeled.celeba_dir``), official partition.
+* ``celeba``: a local CelebA folder in its published format (``labeled.celeba_dir``), official partition;
+  aligned by CelebA's 5 landmarks (``list_landmarks_align_celeba.txt``) with the same function and template,
+  or centre-cropped with one warning when the landmark file is missing.
 
 Each split is ``results/labeled/<split>.tar`` (``key.jpg``, ``key.json``) plus ``<split>.parquet`` with
 ``key, split, identity`` and one 0/1 column per labeled attribute.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import pandas as pd
 from tqdm import tqdm
@@ -49,8 +52,25 @@ def _synthface_split(cfg: dict, split: str):
 
 
 def run(cfg: dict, args: argparse.Namespace) -> int:
+    from facecaption.labeled.celeba import CelebAFormatError
+
+    try:
+        return _run(cfg)
+    except CelebAFormatError as exc:  # a bad or missing CelebA folder: one line naming the file
+        print(f"labeled: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: dict) -> int:
     lab = cfg["labeled"]
     outs = W.stage_outs("labeled")
+    landmarks = None
+    if lab["source"] == "celeba":
+        from facecaption.labeled.celeba import HOW_TO_GET, CelebAFormatError, landmarks_path
+
+        if not lab.get("celeba_dir"):
+            raise CelebAFormatError(f"labeled.celeba_dir is not set; {HOW_TO_GET}")
+        landmarks = landmarks_path(cfg)  # once per run: the fallback's warning is one line
     for split in W.LABELED_SPLITS:
         tar_path = next(p for p in outs if p.endswith(f"/{split}.tar"))
         rows = []
@@ -59,7 +79,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         else:
             from facecaption.labeled.celeba import iter_split
 
-            samples = iter_split(cfg, split)
+            samples = iter_split(cfg, split, landmarks)
         with ShardWriter(tar_path) as writer:
             for key, identity, crop, labels in samples:
                 writer.write({"__key__": key, "jpg": encode_jpeg(crop), "json": {"identity": identity, **labels}})

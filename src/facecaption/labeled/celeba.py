@@ -1,17 +1,32 @@
 """CelebA in its published format: ``img_align_celeba/``, ``list_attr_celeba.txt``,
-``list_eval_partition.txt`` (0 = train, 1 = val, 2 = test). Problems stop with the file and line."""
+``list_eval_partition.txt`` (0 = train, 1 = val, 2 = test) and ``list_landmarks_align_celeba.txt`` (5 points
+per image). Problems stop with the file and line.
+
+Framing: CelebA's 178×218 images are aligned by their eyes only, loosely. When the landmark file is there,
+every image is aligned with the faces stage's own function and template (:func:`facecaption.faces.align.align`,
+``align.size`` / ``align.scale``), so the attribute classifier trains on the framing of the crawled faces it
+labels. Without it, images are centre-cropped to a square (a tighter, differently placed framing) and one
+warning says so.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from facecaption.celeba import ATTRIBUTES
+from facecaption.faces.align import align
 from facecaption.shards import leaves_folder
 
+log = logging.getLogger(__name__)
+
 SPLIT_CODE = {"train": "0", "val": "1", "test": "2"}
+LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
+LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+                    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
 HOW_TO_GET = ("download CelebA (Aligned&Cropped images and the annotation files) from "
               "mmlab.ie.cuhk.edu.hk/projects/CelebA.html and set labeled.celeba_dir to its folder")
 
@@ -69,8 +84,68 @@ def read_partition(path: str | Path) -> dict[str, str]:
     return out
 
 
-def iter_split(cfg: dict, split: str):
-    """Yield (key, identity, aligned RGB crop, labels) for one official split (crops resized to align.size)."""
+def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
+    """Parse a landmark list in CelebA's format (``list_landmarks_align_celeba.txt``): a count line, the
+    header ``lefteye_x lefteye_y … rightmouth_y``, then ``name x1 y1 .. x5 y5`` (left eye = image left)."""
+    path = _require(Path(path))
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        raise CelebAFormatError(f"{path}:1: expected a count line and a header line")
+    if tuple(lines[1].split()) != LANDMARK_COLUMNS:
+        raise CelebAFormatError(f"{path}:2: expected the header {' '.join(LANDMARK_COLUMNS)!r}")
+    out: dict[str, np.ndarray] = {}
+    for no, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 11:
+            raise CelebAFormatError(f"{path}:{no}: expected 11 fields (image and 10 coordinates), found {len(parts)}")
+        try:
+            values = np.array([float(v) for v in parts[1:]], dtype=np.float64)
+        except ValueError:
+            raise CelebAFormatError(f"{path}:{no}: coordinates must be numbers") from None
+        if not np.isfinite(values).all():
+            raise CelebAFormatError(f"{path}:{no}: coordinates must be finite numbers")
+        out[parts[0]] = values.reshape(5, 2)
+    return out
+
+
+def landmarks_path(cfg: dict, warn: bool = True) -> Path | None:
+    """The landmark file of ``labeled.celeba_dir`` to align with, or None (centre crop, one warning).
+
+    ``labeled.celeba_landmarks`` absent: ``list_landmarks_align_celeba.txt`` when it is there; a name: that
+    file (it must exist); null: none."""
+    lab = cfg["labeled"]
+    root = Path(lab["celeba_dir"])
+    if "celeba_landmarks" in lab and lab["celeba_landmarks"] is None:
+        path, why = None, "labeled.celeba_landmarks is null"
+    else:
+        path = root / (lab.get("celeba_landmarks") or LANDMARKS_FILE)
+        if "celeba_landmarks" in lab and not path.exists():
+            raise CelebAFormatError(f"{path}: missing (labeled.celeba_landmarks); {HOW_TO_GET}")
+        why = f"{path}: missing"
+        if path.exists():
+            return path
+        path = None
+    if warn:
+        log.warning("%s; CelebA images are centre-cropped, not aligned to the faces stage's 5-point template, "
+                    "so the attribute classifier trains on another framing than the crawled faces it labels", why)
+    return path
+
+
+def centre_crop(im: Image.Image, size: int) -> np.ndarray:
+    """The fallback framing: the middle square of a CelebA image, resized to ``size``."""
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+
+
+def iter_split(cfg: dict, split: str, landmarks: str | Path | None = "auto"):
+    """Yield (key, identity, aligned RGB crop, labels) for one official split (crops of align.size).
+
+    ``landmarks``: a landmark file, None (centre crop), or "auto" (:func:`landmarks_path`, which warns
+    when there is none)."""
     lab = cfg["labeled"]
     if not lab.get("celeba_dir"):
         raise CelebAFormatError(f"labeled.celeba_dir is not set; {HOW_TO_GET}")
@@ -81,19 +156,23 @@ def iter_split(cfg: dict, split: str):
     missing = sorted(set(partition) - set(labels))
     if missing:
         raise CelebAFormatError(f"{root / 'list_eval_partition.txt'}: {missing[0]} has no row in list_attr_celeba.txt")
+    if landmarks == "auto":
+        landmarks = landmarks_path(cfg)
+    points = read_landmarks(landmarks) if landmarks is not None else None
     names = sorted(n for n, s in partition.items() if s == SPLIT_CODE[split])
     if lab.get("max_images"):
         names = names[: lab["max_images"]]
-    size = cfg["align"]["size"]
+    size, scale = cfg["align"]["size"], cfg["align"]["scale"]
     for name in names:
         path = images / name
         if not path.exists():
             raise CelebAFormatError(f"{path}: listed in list_eval_partition.txt but missing")
-        # CelebA's aligned crops are 178×218; centre-crop to a square and resize to the pipeline's size
+        if points is not None and name not in points:
+            raise CelebAFormatError(f"{landmarks}: {name} (listed in list_eval_partition.txt) has no landmarks")
         with Image.open(path) as im:
             im = im.convert("RGB")
-            w, h = im.size
-            side = min(w, h)
-            top = (h - side) // 2
-            crop = np.asarray(im.crop((0, top, side, top + side)).resize((size, size), Image.BICUBIC))
+            if points is not None:  # the faces stage's alignment: 5-point similarity onto the template
+                crop, _ = align(np.asarray(im), points[name], size, scale)
+            else:
+                crop = centre_crop(im, size)
         yield Path(name).stem, -1, crop, dict(zip(header, labels[name]))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_stage, tiny_config
+from facecaption import config as fc_config
 from facecaption.evaluate import data as D
 from facecaption.evaluate import metrics as M
 from facecaption.evaluate import probe as P
@@ -477,3 +478,19 @@ def test_check_datasets_duplicate_names(rendered, monkeypatch):
                                   "evaluate.datasets[0].name; ")
     cfg["evaluate"]["datasets"][1].update(name="mine", format="csv", landmarks="x.txt")
     assert _check(cfg).startswith("config error: evaluate.datasets[1].landmarks: only for the celeba and lfwa formats")
+
+
+def test_each_dataset_probes_its_own_label_fractions(in_stage_dir, tmp_path):
+    """The paper probes CelebA at 1/10/100 % and LFWA at 10/50/100 %: a dataset's own label_fractions."""
+    root = _celeba_folder(tmp_path / "lfwa", n=40, fmt="lfwa", parts=(0, 2))
+    cfg = _fast(in_stage_dir, datasets=[{"name": "LFWA", "format": "lfwa", "path": str(root), "val_share": 0.3,
+                                         "label_fractions": [0.5, 1.0]}])
+    cfg = fc_config.validate(cfg)
+    assert run_stage("evaluate", cfg) == 0
+    m = json.loads(Path("results/reports/evaluate/metrics.json").read_text())
+    assert set(m["probe"]["synthface"]["FLIP"]) == {"10", "100"} and set(m["probe"]["LFWA"]["FLIP"]) == {"50", "100"}
+    assert m["dataset_fractions"] == {"synthface": [0.1, 1.0], "LFWA": [0.5, 1.0]}
+    table = json.loads(Path("results/reports/evaluate/tables/probe.json").read_text())
+    assert table["columns"][2:] == ["10 % labels", "50 % labels", "100 % labels"]
+    lfwa = next(r for r in table["rows"] if r[:2] == ["FLIP", "LFWA"])
+    assert lfwa[2] is None and lfwa[3] is not None and lfwa[4] is not None

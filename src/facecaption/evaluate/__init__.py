@@ -100,6 +100,19 @@ def datasets(cfg: dict) -> list[D.LabeledSet]:
     return sets
 
 
+def fractions(cfg: dict, name: str) -> list[float]:
+    """The label fractions probed on dataset ``name``: its own ``label_fractions`` (the paper's differ between
+    CelebA and LFWA), else ``evaluate.label_fractions``."""
+    ev = cfg["evaluate"]
+    spec = next((d for d in ev["datasets"] if d["name"] == name), {})
+    return list(spec.get("label_fractions") or ev["label_fractions"])
+
+
+def all_fractions(cfg: dict, sets) -> list[float]:
+    """Every fraction probed on any dataset, ascending: the columns of the probe table."""
+    return sorted({f for ds in sets for f in fractions(cfg, ds.name)})
+
+
 # -- one model ---------------------------------------------------------------------------------------------
 def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict) -> dict:
     ev, seed = cfg["evaluate"], cfg["seed"]
@@ -110,7 +123,7 @@ def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict
         feats = {s: E.image_features(enc, ds.splits[s].sources, ev["batch"], pooled) for s in D.SPLITS}
         labels = {s: ds.splits[s].labels for s in D.SPLITS}
         runs = []
-        for frac in ev["label_fractions"]:
+        for frac in fractions(cfg, ds.name):
             result_full = None
             for run in range(ev["seeds"]):
                 idx = P.subset(len(labels["train"]), frac, seed, ds.name, run)
@@ -145,10 +158,9 @@ def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict
 
 # -- summaries, tables, figure ------------------------------------------------------------------------------
 def summarise(results: dict, sets: list[D.LabeledSet], cfg: dict) -> dict:
-    ev = cfg["evaluate"]
-    fracs = ev["label_fractions"]
     probe, per_attr, zs, ret = {}, {}, {}, {}
     for ds in sets:
+        fracs = fractions(cfg, ds.name)
         probe[ds.name], per_attr[ds.name], zs[ds.name] = {}, {}, {}
         for model, res in results.items():
             probe[ds.name][model] = {}
@@ -217,9 +229,10 @@ def _parse_quoted(cell):
 def probe_table(s: dict, sets, fracs) -> tuple[list, list, list[int]]:
     cols = ["model", "data", *[f"{frac_label(f)} % labels" for f in fracs]]
     rows = []
-    for ds in sets:
+    for ds in sets:  # a dataset probed at other fractions leaves those cells empty
         for model, by_f in s["probe"][ds.name].items():
-            rows.append([model, ds.name, *[pm(by_f[frac_label(f)]["mean"], by_f[frac_label(f)]["std"]) for f in fracs]])
+            rows.append([model, ds.name, *[pm(by_f[frac_label(f)]["mean"], by_f[frac_label(f)]["std"])
+                                           if frac_label(f) in by_f else None for f in fracs]])
     quoted = []
     where = {"CelebA": {0.01: 1, 0.1: 2, 1.0: 3}, "LFWA": {0.1: 4, 0.5: 5, 1.0: 6}}
     for row in ref.PROBE:
@@ -276,7 +289,7 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
     from facecaption.report import Report  # noqa: PLC0415
 
     ev = cfg["evaluate"]
-    fracs = ev["label_fractions"]
+    fracs = all_fractions(cfg, sets)
     s = summarise(results, sets, cfg)
     report = Report(W.report_dir("evaluate"))
     default = sets[0].name
@@ -285,6 +298,7 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
         "checkpoint": models[0][2], "baselines": [m[0] for m in models[2 if ev["random_baseline"] else 1:]],
         "datasets": {d.name: {**d.sizes(), "attributes": len(d.attributes), "note": d.note} for d in sets},
         "default_dataset": default, "label_fractions": fracs, "fraction_labels": [frac_label(f) for f in fracs],
+        **({"dataset_fractions": {d.name: fractions(cfg, d.name) for d in sets}} if ev["datasets"] else {}),
         "seeds": ev["seeds"], "probe_layers": ev["probe_layers"], "weight_decays": ev["weight_decays"],
         "split_overlap": {d.name: D.check_disjoint(d) for d in sets},
         "retrieval_faces": len(captions[0]), "retrieval_distinct_captions": len(set(captions[2])),
@@ -308,12 +322,12 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
                           "identical captions count as one candidate here.")
     if ev["zero_shot"]:
         rows = [[m, d, round(v["accuracy"], 2), round(v["balanced_accuracy"], 2),
-                 round(s["probe"][d]["majority class"][frac_label(max(fracs))]["mean"], 2)]
+                 round(s["probe"][d]["majority class"][frac_label(max(fractions(cfg, d)))]["mean"], 2)]
                 for d, by_m in s["zeroshot"].items() for m, v in by_m.items()]
         report.table("zeroshot", ["model", "data", "accuracy", "balanced accuracy", "majority-class accuracy"], rows,
                      caption="Zero-shot attributes: a prompt and its negation per attribute, mean over attributes "
                              "(%) on the test split. Not reported by the original paper.")
-    per_attribute_figure(report, s, default, frac_label(max(fracs)))
+    per_attribute_figure(report, s, default, frac_label(max(fractions(cfg, default))))
     report.save()
     # raw runs as CSV
     recs = []

@@ -293,3 +293,50 @@ def test_gpu_runtime_pins_agree_everywhere():
     curand = [r for r in importlib.metadata.requires("cuda-toolkit") or [] if r.startswith("nvidia-curand")]
     assert curand and re.match(r"nvidia-curand==([\d.]+)\.\*", curand[0]).group(1) == \
         next(p for p in pins if p.startswith("nvidia-curand==")).split("==")[1], (toolkit, curand)
+
+
+# -- inputs on disk and endpoints, before the first job -------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+def test_missing_start_weights_stop_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        P.check_inputs(tiny_config(train={"init": str(tmp_path / "ViT-B-16-openai.bin")}))
+    assert _one_line(exc.value).startswith("config error: train.init: weights file ")
+    (tmp_path / "ViT-B-16-openai.bin").write_bytes(b"x")
+    P.check_inputs(tiny_config(train={"init": str(tmp_path / "ViT-B-16-openai.bin")}))
+
+
+def test_missing_insightface_pack_stops_naming_the_key(tmp_path):
+    cfg = tiny_config(faces={"detector": "insightface", "insightface": {"model_dir": str(tmp_path), "device": "cpu"}})
+    with pytest.raises(ConfigError) as exc:
+        P.check_inputs(cfg)
+    assert _one_line(exc.value).startswith("config error: faces.insightface: insightface model pack 'buffalo_l' not found")
+
+
+def test_llm_endpoint_checked_before_any_job(monkeypatch):
+    from support.llm import FakeLLM
+
+    down = {"enabled": True, "base_url": f"http://127.0.0.1:{_closed_port()}/v1"}
+    with pytest.raises(ConfigError) as exc:
+        P.check_inputs(tiny_config(captions={"llm": down}))
+    assert _one_line(exc.value).startswith(f"config error: captions.llm.base_url: {down['base_url']} does not answer")
+    server = FakeLLM()
+    try:
+        up = {"enabled": True, "base_url": server.url, "api_key_env": "FC_PREFLIGHT_KEY"}
+        monkeypatch.delenv("FC_PREFLIGHT_KEY", raising=False)
+        with pytest.raises(ConfigError) as exc:
+            P.check_inputs(tiny_config(captions={"llm": up}))
+        assert _one_line(exc.value).startswith("config error: captions.llm.api_key_env: the environment variable "
+                                         "FC_PREFLIGHT_KEY is not set")
+        monkeypatch.setenv("FC_PREFLIGHT_KEY", "k")
+        P.check_inputs(tiny_config(captions={"llm": up}))  # a server that answers (any status) passes
+    finally:
+        server.close()

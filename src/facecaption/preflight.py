@@ -286,3 +286,72 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ------------------------------------------------------------------------------------------- inputs on disk
+
+
+def check_inputs(config: dict) -> None:
+    """Every file, folder and endpoint a stage will need, checked before the first job runs (a real run finds
+    a missing evaluation folder days after it started otherwise). One line naming the key, and how to get it:
+
+    * the insightface model pack (``faces.detector: insightface``);
+    * the start weights of FLIP (``train.init``) and of the attribute classifier (``attributes.weights``);
+    * the LLM endpoint (``captions.llm``): its key variable is set, and the server answers at all;
+    * CelebA (``labeled.source: celeba``) and every evaluation set (``evaluate.datasets``), by
+      :func:`facecaption.evaluate.data.check_datasets`;
+    * local baselines' weights (``evaluate.baselines[].path``).
+
+    The URL list or image folder of the collect stage is checked when Snakemake counts the shards.
+    """
+    faces = config.get("faces") or {}
+    if faces.get("detector") == "insightface":
+        from facecaption.faces.detect import ModelMissing, find_insightface_model
+
+        try:
+            find_insightface_model(faces.get("insightface") or {})
+        except ModelMissing as exc:
+            raise ConfigError(f"config error: faces.insightface: {str(exc).removeprefix('faces: ')}") from None
+    init = (config.get("train") or {}).get("init")
+    if init and not os.path.isfile(os.path.expanduser(init)):
+        raise ConfigError(f"config error: train.init: weights file {init} does not exist; put a local open_clip state "
+                          "dict there (README, 'Reproduce the paper for real': OpenAI's ViT-B/16 through open_clip) "
+                          "or set train.init: null for a random start")
+    weights = (config.get("attributes") or {}).get("weights")
+    if weights and not os.path.isfile(os.path.expanduser(weights)):
+        raise ConfigError(f"config error: attributes.weights: weights file {weights} does not exist; "
+                          "or set attributes.weights: null")
+    for i, b in enumerate((config.get("evaluate") or {}).get("baselines") or []):
+        if not os.path.isfile(os.path.expanduser(b["path"])):
+            raise ConfigError(f"config error: evaluate.baselines[{i}].path: weights file {b['path']} does not exist")
+    llm = (config.get("captions") or {}).get("llm") or {}
+    if llm.get("enabled"):
+        check_llm_endpoint(llm)
+    ev = config.get("evaluate") or {}
+    if ev.get("datasets") or (config.get("labeled") or {}).get("source") == "celeba":
+        from facecaption.evaluate.data import check_datasets  # imports the evaluation stack: only when needed
+
+        check_datasets(config)
+
+
+def check_llm_endpoint(llm: dict, timeout_s: float = 10.0) -> None:
+    """The key variable is set and the server answers (any HTTP answer to ``GET <base_url>/models``, even an
+    error status: only a server that cannot be reached at all stops the run)."""
+    import urllib.error
+    import urllib.request
+
+    env = llm.get("api_key_env")
+    if env and not os.environ.get(env):
+        raise ConfigError(f"config error: captions.llm.api_key_env: the environment variable {env} is not set "
+                          "(it holds the endpoint's key; the key itself never goes in config)")
+    url = llm["base_url"].rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ[env]}"} if env else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"config error: captions.llm.base_url: {llm['base_url']} does not answer ({reason}); start "
+                          f"the server (e.g. `vllm serve <model> --port 8000`) or set captions.llm.enabled: false") from None

@@ -130,3 +130,36 @@ def test_glob_and_symlinks(workdir):
     _img(outside / "secret.jpg", 2)
     os.symlink(outside, root / "link")
     assert F.list_images({"root": str(root), "patterns": ["**/*.jpg"]}) == ["in.jpg"]
+
+
+def test_sixteen_bit_gray_png_keeps_its_face(workdir):
+    """A 16-bit grayscale PNG of a face becomes the same picture in 8 bits (not an almost white JPEG), and
+    the faces stage finds and keeps its face; its 8-bit twin is the control."""
+    import numpy as np
+
+    from facecaption.synthface.render import render_image
+
+    rgb, truth = render_image(np.random.default_rng(3), size=160, n_faces=1, face_scale=(0.5, 0.55))
+    assert len(truth) == 1
+    gray8 = np.asarray(Image.fromarray(rgb).convert("L"))
+    root = workdir / "photos"
+    root.mkdir()
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(root / "face16.png")  # 0..65535
+    Image.fromarray(gray8).save(root / "face8.png")
+    assert Image.open(root / "face16.png").mode == "I;16"
+    cfg = tiny_config(source="folder", folder={"root": str(root), "patterns": ["*.png"], "per_shard": 10})
+    assert run_stage("collect", cfg, "00000") == 0
+    table = read_parquet("results/collect/00000.parquet").set_index("path")
+    assert list(table.status) == ["success", "success"]
+    samples = {s["__key__"]: s for s in iter_samples("results/collect/00000.tar")}
+    for name in ("face16.png", "face8.png"):
+        got = np.asarray(Image.open(io.BytesIO(samples[table.loc[name, "key"]]["jpg"])).convert("L"), np.int32)
+        err = np.abs(got - gray8.astype(np.int32))
+        assert err.mean() < 1.5 and err.max() <= 24, (name, err.mean(), err.max())  # JPEG q95 only
+    assert run_stage("faces", cfg, "00000") == 0
+    rec = read_parquet("results/faces/00000.records.parquet")
+    img = rec[rec.face == -1].set_index("image_key")
+    for name in ("face16.png", "face8.png"):
+        assert img.loc[table.loc[name, "key"], "status"] == "kept", (name, img.loc[table.loc[name, "key"], "reason"])
+    faces = read_parquet("results/faces/00000.parquet")
+    assert sorted(faces.image_key) == sorted(table.key)

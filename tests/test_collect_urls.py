@@ -53,6 +53,30 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
+    def _head(self, code: int, length: int | None) -> bytes:
+        lines = [f"HTTP/1.1 {code} OK", "Content-Type: image/jpeg", "Connection: close"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def _dribble(self, head: bytes, data: bytes, per_byte: float | None = None, forever: bool = False) -> None:
+        """Send ``head`` at once, then ``data`` one byte every ``per_byte`` seconds (then, with ``forever``,
+        more bytes) until the client goes away or ``server.trickle_cap_s`` has passed."""
+        per_byte = self.server.trickle_s if per_byte is None else per_byte
+        end = time.monotonic() + self.server.trickle_cap_s
+        i = 0
+        try:
+            self.wfile.write(head)
+            self.wfile.flush()
+            while time.monotonic() < end and (forever or i < len(data)):
+                self.wfile.write(data[i:i + 1] if i < len(data) else b"\xff")
+                self.wfile.flush()
+                i += 1
+                time.sleep(per_byte)
+        except OSError:
+            pass
+        self.close_connection = True
+
     def do_GET(self):  # noqa: C901 (one branch per case)
         path = self.path
         self.server.hits[path] += 1
@@ -113,6 +137,13 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             self.close_connection = True
+        elif kind == "trickle":  # a whole image, one byte at a time: each read is quick, the body takes long
+            body = make_image(n)
+            self._dribble(self._head(200, len(body)), body)
+        elif kind == "trickle_head":  # even the status line and headers arrive one byte at a time
+            self._dribble(b"", self._head(200, 0), per_byte=self.server.trickle_head_s)
+        elif kind == "endless":  # no Content-Length, a body that never ends (too slow to reach max_bytes)
+            self._dribble(self._head(200, None), b"", forever=True)
         elif kind == "bomb":  # small file, many pixels
             self._send(200, self.server.bomb, "image/png")
         elif kind == "noai":
@@ -129,6 +160,9 @@ class Server(ThreadingHTTPServer):
         self.hits: Counter = Counter()
         self.delays: dict = {}
         self.slow_s = 3.0
+        self.trickle_s = 0.05  # seconds between two bytes of a trickled body (well under urls.timeout)
+        self.trickle_head_s = 0.3  # ... of trickled headers
+        self.trickle_cap_s = 60.0  # a trickling handler gives up after this long
         buf = io.BytesIO()
         Image.new("L", (2500, 2500)).save(buf, format="PNG")
         self.bomb = buf.getvalue()
@@ -338,3 +372,44 @@ def test_download_is_deterministic(workdir, server):
     cfg["urls"]["threads"] = 1
     assert run_stage("collect", cfg, "00000") == 0
     assert (Path("results/collect/00000.tar").read_bytes(), Path("results/collect/00000.parquet").read_bytes()) == first
+
+
+@pytest.mark.parametrize("path", ["/trickle/1.jpg", "/trickle_head/2", "/endless/3"])
+def test_total_timeout_bounds_one_download(server, path):
+    """The guarded opener ends a download at total_timeout whatever the server does: body or headers one
+    byte at a time (no single read stalls past ``timeout``), or a body that never ends."""
+    total = 1.0
+    opened = False
+    t0 = time.monotonic()
+    with pytest.raises(U.GuardError) as exc:
+        with U.guarded_opener(1_000_000, total, OptOut()).open(server.url(path), timeout=5) as resp:
+            opened = True  # the headers arrived: the deadline strikes in the body
+            resp.read()
+    took = time.monotonic() - t0
+    assert opened == (path != "/trickle_head/2")
+    assert "deadline" in str(exc.value) and U.classify("failed_to_download", str(exc.value)) == "timeout"
+    assert total * 0.9 <= took < 10 * total, took  # without the bound: the whole trickle, 24 to 60 s
+
+
+def test_total_timeout_bounds_a_trickling_server_in_a_chunk(workdir, server):
+    """A chunk with trickling URLs: each is recorded as a timeout with its reason within a few seconds,
+    the other URLs of the same chunk are fetched."""
+    paths = ["/img/1.jpg", "/trickle/2.jpg", "/img/3.jpg", "/trickle_head/4", "/endless/5", "/png/6.png"]
+    pd.DataFrame({"url": [server.url(p) for p in paths]}).to_parquet(workdir / "list.parquet")
+    total = 2
+    cfg = url_config(server, workdir, workdir / "list.parquet", per_shard=10, chunk=10, threads=6,
+                     timeout=1, total_timeout=total)
+    cfg["optout"]["lists"] = []
+    t0 = time.monotonic()
+    assert run_stage("collect", cfg, "00000") == 0
+    took = time.monotonic() - t0
+    assert took < 10 * total, took  # before the fix: as long as the slowest trickle (60 s)
+    table = read_parquet("results/collect/00000.parquet").set_index("url")
+    status = {p: table.loc[server.url(p), "status"] for p in paths}
+    assert status == {"/img/1.jpg": "success", "/trickle/2.jpg": "timeout", "/img/3.jpg": "success",
+                      "/trickle_head/4": "timeout", "/endless/5": "timeout", "/png/6.png": "success"}, status
+    for p in ("/trickle/2.jpg", "/trickle_head/4", "/endless/5"):
+        msg = table.loc[server.url(p), "error_message"]
+        assert "total_timeout" in msg and not table.loc[server.url(p), "downloaded"], (p, msg)
+    keys = [s["__key__"] for s in iter_samples("results/collect/00000.tar")]
+    assert keys == ["00000_00000", "00000_00002", "00000_00005"]

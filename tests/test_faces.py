@@ -39,6 +39,21 @@ def face_image(seed: int = 3, size: int = 160) -> np.ndarray:
     return img
 
 
+def group_photo(n: int = 7, tile: int = 128, cols: int = 4) -> np.ndarray:
+    """``n`` synthface portraits side by side (rows of ``cols``): a group photo of ``n`` well-separated faces,
+    each well above the size and score floors."""
+    from facecaption.synthface.render import render_image
+
+    rows = -(-n // cols)
+    canvas = np.full((rows * tile, cols * tile, 3), 200, np.uint8)
+    for i in range(n):
+        img, faces = render_image(np.random.default_rng(100 + i), size=tile, n_faces=1, face_scale=(0.5, 0.55))
+        assert len(faces) == 1
+        r, c = divmod(i, cols)
+        canvas[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = img
+    return canvas
+
+
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid tiny PNG whose header declares huge dimensions (CRC fixed up)."""
     data = bytearray(encode(Image.new("RGB", (4, 4))))
@@ -55,6 +70,15 @@ def exif_rotated_jpeg(rgb: np.ndarray) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def cv2_png16(rgb: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (16 bits per sample) of an 8-bit RGB image."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]).astype(np.uint16) * 257)
+    assert ok
+    return buf.tobytes()
 
 
 def bad_inputs(face: np.ndarray) -> dict[str, tuple[bytes, str | None]]:
@@ -78,6 +102,8 @@ def bad_inputs(face: np.ndarray) -> dict[str, tuple[bytes, str | None]]:
         "palette_alpha": (encode(pal_t), None),
         "rgba": (encode(rgba), None),
         "exif_rotated": (exif_rotated_jpeg(face), None),
+        "gray16": (encode(Image.fromarray(np.asarray(pil.convert("L")).astype(np.uint16) * 257)), None),
+        "rgb48": (cv2_png16(face), None),
     }
 
 
@@ -136,6 +162,23 @@ def test_judge_faces_reasons():
     assert judge_faces(faces, fcfg) == ["", "too_small", "", "too_many_faces", "low_score"]
 
 
+def test_judge_faces_without_a_limit():
+    fcfg = tiny_config(faces={"max_faces": None})["faces"]
+    assert fcfg["max_faces"] is None and tiny_config()["faces"]["max_faces"] == 5  # the embedded default stays
+    lm = np.zeros((5, 2), np.float32)
+    faces = [Face((0, 0, 100, 100), 0.9 - i / 100, lm) for i in range(12)] + [Face((0, 0, 10, 10), 0.7, lm)]
+    assert judge_faces(faces, fcfg) == [""] * 12 + ["too_small"]
+
+
+def test_decode_sixteen_bit_gray_matches_the_8_bit_original():
+    face = face_image()
+    gray8 = np.asarray(Image.fromarray(face).convert("L"))
+    rgb, reason = decode_image(bad_inputs(face)["gray16"][0])
+    assert reason is None and (rgb == gray8[:, :, None]).all()  # 257·v → v exactly; no clip, no stretch
+    rgb, reason = decode_image(bad_inputs(face)["rgb48"][0])
+    assert reason is None and np.abs(rgb.astype(int) - face.astype(int)).max() <= 1
+
+
 def test_centerface_batches_match_single_images():
     from facecaption.faces.centerface import CenterFace
 
@@ -184,6 +227,52 @@ def test_bad_inputs_never_stop_the_shard(workdir):
     assert {"key", "image_key", "face", "score", "x0", "y0", "x1", "y1", "landmarks", "box_width", "detector",
             "alt_text"} <= set(faces.columns)
     assert faces.set_index("image_key").loc["00000_good_a", "alt_text"] == "photo good_a"
+
+
+def test_max_faces_null_keeps_every_face_and_a_limit_names_the_rest(workdir):
+    """A group photo of 7 faces: max_faces null keeps all 7; max_faces 5 keeps the 5 best and records the
+    other 2 as too_many_faces."""
+    write_collect_shard("00000", {"group": group_photo(7)})
+    kept_by_limit = {}
+    for limit in (None, 5):
+        assert run_stage("faces", tiny_config(faces={"max_faces": limit}), "00000") == 0
+        rec = read_parquet("results/faces/00000.records.parquet")
+        faces = read_parquet("results/faces/00000.parquet")
+        per_face = rec[rec.face >= 0].sort_values("face")
+        assert len(per_face) == 7, per_face  # every detected face has its record
+        assert rec[rec.face == -1].status.tolist() == ["kept"]
+        assert (per_face.reason.fillna("") == "").eq(per_face.status == "kept").all()  # each drop names its reason
+        kept_by_limit[limit] = per_face
+        assert len(faces) == (per_face.status == "kept").sum()
+        assert len(list(iter_samples("results/faces/00000.tar"))) == len(faces)
+    assert (kept_by_limit[None].status == "kept").sum() == 7
+    five = kept_by_limit[5]
+    assert five.status.tolist() == ["kept"] * 5 + ["dropped"] * 2
+    assert five.reason.tolist()[5:] == ["too_many_faces"] * 2
+    assert five.score.iloc[:5].min() >= five.score.iloc[5:].max()  # the best scores are kept
+
+
+def test_max_faces_counts_only_faces_that_pass_every_filter(tmp_path):
+    """With max_faces 2, a better face that fails alignment does not use up a place: the third face is
+    kept, and every dropped face has its own reason (align_failed, then too_many_faces)."""
+    from facecaption.faces import process
+
+    lm = np.array([[25, 30], [45, 30], [35, 40], [28, 50], [42, 50]], np.float32)
+
+    class Group:  # the detector's verdict on one real image, fixed so one face cannot be aligned
+        name = "group"
+
+        def detect(self, images, threshold):
+            return [[Face((10, 10, 60, 60), 0.95, np.full((5, 2), np.nan, np.float32)),
+                     Face((10, 10, 60, 60), 0.9, lm), Face((10, 10, 60, 60), 0.8, lm),
+                     Face((10, 10, 60, 60), 0.7, lm)] for _ in images]
+
+    cfg = tiny_config(faces={"max_faces": 2})
+    faces, rec = process([{"__key__": "a", "jpg": encode(Image.fromarray(face_image(size=96)))}], cfg["faces"],
+                         cfg["align"], Group(), str(tmp_path / "x.tar"))
+    per_face = rec[rec.face >= 0].sort_values("face")
+    assert per_face.reason.tolist() == ["align_failed", "", "", "too_many_faces"]
+    assert list(faces.face) == [1, 2]
 
 
 def test_quality_floors_drop_with_reasons(workdir):

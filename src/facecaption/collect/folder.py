@@ -7,7 +7,8 @@ and therefore every shard — is the same on every machine. Shard ``i`` holds im
 
 An optional CSV (``folder.csv``) adds a caption and any attribute columns; its ``key_column`` names the image
 by relative path, file name or file name without extension (the latter two only where unique). JPEG files
-are kept byte for byte (unless ``reencode`` or an EXIF rotation), other formats become JPEG. Unreadable files,
+are kept byte for byte (unless ``reencode`` or an EXIF rotation), other formats become JPEG (any mode, 16-bit
+and float gray or alpha included, through :func:`facecaption.imageio.to_rgb`). Unreadable files,
 files over ``max_bytes`` and images over ``max_pixels`` get a status row and stay out of the tar.
 The sample URL is ``folder://<relative path>`` (opt-out entries can name single files that way).
 """
@@ -147,7 +148,9 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
                 return data, w, h, "success", None
             import numpy as np  # noqa: PLC0415
 
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            from facecaption.imageio import to_rgb  # noqa: PLC0415
+
+            rgb = to_rgb(ImageOps.exif_transpose(im))  # 16-bit/float gray scaled, alpha on white: picture kept
             return encode_jpeg(np.asarray(rgb), quality=95), rgb.width, rgb.height, "success", None
     except Image.DecompressionBombError as exc:
         return None, None, None, "too_many_pixels", str(exc)

@@ -64,15 +64,20 @@ def crop_quality(crop: np.ndarray) -> tuple[float, float]:
 
 
 def judge_faces(faces: list[Face], fcfg: dict) -> list[str]:
-    """The score/size/count verdict for each face (sorted best first): "" = passes, else the reason."""
+    """The score/size/count verdict for each face (sorted best first): "" = passes, else the reason.
+
+    ``max_faces`` (None: no limit) caps the faces that pass score and size; :func:`process` applies the cap
+    to the faces that pass every filter (alignment and crop quality too), so a face past the cap is kept
+    in place of a better one that a later filter drops."""
     min_score = fcfg["min_score"][fcfg["detector"]]
+    limit = fcfg.get("max_faces")
     out, n_ok = [], 0
     for f in faces:
         if f.score < min_score:
             out.append(LOW_SCORE)
         elif min(f.width, f.height) < fcfg["min_size"]:
             out.append(TOO_SMALL)
-        elif n_ok >= fcfg["max_faces"]:
+        elif limit is not None and n_ok >= limit:
             out.append(TOO_MANY)
         else:
             out.append("")
@@ -117,6 +122,7 @@ def process(samples: Iterable[dict], fcfg: dict, acfg: dict, detector, tar_path:
     size, scale = int(acfg["size"]), float(acfg["scale"])
     tmpl = template(size, scale)
     threshold = min(fcfg["candidate_score"], fcfg["min_score"][fcfg["detector"]])
+    limit = fcfg.get("max_faces")  # faces kept per image (None: every face that passes the filters)
     faces_rows, records = [], []
     with ShardWriter(tar_path) as writer:
         bar = tqdm(total=total, desc=desc, mininterval=2, file=sys.stderr)
@@ -137,10 +143,12 @@ def process(samples: Iterable[dict], fcfg: dict, acfg: dict, detector, tar_path:
                     continue
                 alt = s.get("txt", b"")
                 alt = alt.decode("utf-8", "replace") if isinstance(alt, bytes) else str(alt)
-                verdicts = judge_faces(faces, fcfg)
+                verdicts = judge_faces(faces, fcfg | {"max_faces": None})  # score and size; the cap below
                 kept = 0
                 face_records = []
                 for i, (f, why) in enumerate(zip(faces, verdicts)):
+                    if not why and limit is not None and kept >= limit:  # best first: the rest are too many
+                        why = TOO_MANY
                     if not why:
                         why, row, crop = _align_one(rgb, f, size, scale, tmpl, fcfg)
                         if not why:

@@ -1,7 +1,7 @@
 """Robust image decoding: every input ends as an RGB uint8 array or a one-word reason.
 
 A crawl holds truncated downloads, empty files, HTML error pages saved as ``.jpg``, decompression bombs,
-CMYK/grayscale/palette/alpha images and phone photos whose pixels are stored sideways with an EXIF
+CMYK/grayscale/16-bit/palette/alpha images and phone photos whose pixels are stored sideways with an EXIF
 orientation tag. :func:`decode_image` turns each into ``(rgb, None)`` or ``(None, reason)`` and never raises.
 """
 
@@ -14,27 +14,14 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facecaption.imageio import to_rgb
+
 # reasons (the prefix before ":" is the category counted in reports)
 EMPTY = "empty_file"
 NOT_IMAGE = "not_an_image"
 BOMB = "decompression_bomb"
 CORRUPT = "corrupt_image"
 TOO_SMALL = "image_too_small"
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; transparent pixels are composited onto white."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit gray: rescale to 8 bit
-        arr = np.asarray(im, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        arr = arr / hi * 255.0 if hi > 255 else arr
-        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int = 1
@@ -60,7 +47,7 @@ def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int
                 im = ImageOps.exif_transpose(im) or im
             except Exception:  # noqa: BLE001 - a broken EXIF block costs the rotation, not the image
                 pass
-            rgb = np.asarray(_to_rgb(im), dtype=np.uint8)
+            rgb = np.asarray(to_rgb(im), dtype=np.uint8)  # any mode, picture kept (facecaption.imageio)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"{BOMB}: {exc}"[:200]
     except UnidentifiedImageError:

@@ -30,10 +30,12 @@ Past one machine
 * Several machines, one Snakemake: collect is a local rule for this source (compute nodes often have no
   internet), so shards download on the machine running Snakemake, ``--cores`` of them at a time, each with
   ``urls.processes`` x ``urls.threads`` connections. Later stages run on the cluster as usual.
-* ``urls.distributor: pyspark`` (``pip install pyspark``; an active SparkSession is reused, else a local one
-  with ``processes`` cores is started) or ``ray`` (``pip install ray``; ``ray.init`` connects to the running
-  cluster, e.g. ``RAY_ADDRESS``) spread the chunks of each shard over the cluster's workers; ``urls.work_dir``
-  must then be on a filesystem every worker sees. Raise ``per_shard`` so one shard has many chunks.
+* ``urls.distributor: pyspark`` (pinned pyspark and Java 17+; :mod:`facecaption.collect.spark` starts a
+  session on ``urls.spark_master``, ``local[2]`` by default, or ``spark://host:7077`` / ``yarn`` on a cluster,
+  and stops it with the job; an active SparkSession is reused) or ``ray`` (``pip install ray``; ``ray.init``
+  connects to the running cluster, e.g. ``RAY_ADDRESS``) spread the chunks of each shard over the cluster's
+  workers; ``urls.work_dir`` must then be on a filesystem every worker sees. Raise ``per_shard`` so one shard
+  has many chunks.
 * Resumption works the same in every mode: a chunk is done when its ``_stats.json`` exists.
 """
 
@@ -630,11 +632,10 @@ def download_chunks(work: Path, todo: pd.DataFrame, ucfg: dict, optout: OptOut) 
     elif dist == "multiprocessing":
         multiprocessing_distributor(procs, downloader, jobs, None, 1)
     elif dist == "pyspark":
-        try:
-            import pyspark  # noqa: F401, PLC0415
-        except ImportError:
-            raise SourceError("config error: urls.distributor: pyspark is not installed (pip install pyspark)") from None
-        pyspark_distributor(procs, downloader, jobs, 1000, 1)
+        from facecaption.collect.spark import spark_session  # noqa: PLC0415
+
+        with spark_session(ucfg, work):  # started (or reused) here, so img2dataset's distributor reuses it
+            pyspark_distributor(procs, downloader, jobs, 1000, 1)
     else:
         try:
             from img2dataset.distributor import ray_distributor  # noqa: PLC0415

@@ -3,6 +3,7 @@ report, and the LLM rewrite against a real HTTP server on loopback (successes, c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -208,7 +209,7 @@ def test_llm_rewrite_batches_caches_and_keeps_the_key_secret(llm_server, tmp_pat
     # a rerun sends nothing
     again = Rewriter(cfg)
     assert again.rewrite(texts) == out and again.sent == 0 and len(llm_server.requests) == 7
-    cache_text = "".join(p.read_text() for p in (tmp_path / "cache").iterdir())
+    cache_text = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert "sk-secret" not in cache_text and "sk-secret" not in caplog.text
 
 
@@ -239,13 +240,45 @@ def test_llm_resumes_after_a_kill(llm_server, tmp_path):
     cfg = llm_cfg(llm_server, tmp_path)
     texts = [f"caption {i}." for i in range(5)]
     Rewriter(cfg).rewrite(texts[:3])
-    cache = next((tmp_path / "cache").iterdir())
+    cache = next((tmp_path / "cache").rglob("*.jsonl"))
     with open(cache, "a") as f:
         f.write('{"k": "abc", "in": "caption 3.", "ou')  # a line cut short by a kill
     n = len(llm_server.requests)
     out = Rewriter(cfg).rewrite(texts)
     assert len(llm_server.requests) == n + 2 and all(o is not None for o, _ in out)
     assert Rewriter(cfg).rewrite(texts) == out  # the cache is still readable after the torn line
+
+
+def test_llm_cache_is_per_shard_and_reads_only_what_it_needs(llm_server, tmp_path):
+    """Each shard has its own cache file; a job reads only its shard's file and keeps only the entries it asks
+    for, so its memory does not grow with the other shards' cache; an old shared cache seeds a shard once."""
+    cfg = llm_cfg(llm_server, tmp_path)
+    a_texts = [f"A face {i}." for i in range(4)]
+    out_a = Rewriter(cfg, shard="00000").rewrite(a_texts)
+    # a big cache of another shard, written the way a job writes it
+    other = Rewriter(cfg, shard="00001")
+    other._append([(f"other caption {i}.", f"R{i}") for i in range(5000)])
+    files = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.jsonl"))
+    assert len(files) == 2 and files[0].endswith("/00000.jsonl") and files[1].endswith("/00001.jsonl")
+    n = len(llm_server.requests)
+    again = Rewriter(cfg, shard="00000")
+    assert again.rewrite(a_texts[:2]) == out_a[:2] and len(llm_server.requests) == n and again.sent == 0
+    assert again.lines_read == 4 and len(again.cache) == 2  # its own file only, and only the entries it needs
+    # the same text in another shard is sent once for that shard (shards do not read each other's caches)
+    third = Rewriter(cfg, shard="00002")
+    assert third.rewrite(a_texts[:1]) == out_a[:1] and third.sent == 1 and third.lines_read == 0
+
+    # an old shared cache (one file for all shards) seeds a shard's file once, with the entries it needs
+    legacy = other.cache_path.parent.with_suffix(".jsonl")
+    legacy.write_text("".join(json.dumps({"k": hashlib.sha256(f"old {i}.".encode()).hexdigest(), "in": f"old {i}.",
+                                          "out": f"OLD {i}"}) + "\n" for i in range(100)) + '{"k": "torn', )
+    seeded = Rewriter(cfg, shard="00003")
+    n = len(llm_server.requests)
+    assert seeded.rewrite(["old 7.", "old 9.", "new."]) == [("OLD 7", None), ("OLD 9", None), ("REWRITTEN: new.", None)]
+    assert len(llm_server.requests) == n + 1 and seeded.lines_read == 101 + 2
+    again = Rewriter(cfg, shard="00003")
+    assert again.rewrite(["old 7.", "new."]) == [("OLD 7", None), ("REWRITTEN: new.", None)] and again.sent == 0
+    assert again.lines_read == 3  # the old file is not read again: the shard's file has what it needs
 
 
 def test_captions_stage_with_llm(workdir, llm_server, tmp_path):

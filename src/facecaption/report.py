@@ -32,6 +32,29 @@ def _plain(value):
     return value
 
 
+def shard_of(path: str | os.PathLike) -> str:
+    """The shard id of an artifact path (``results/faces/00001.records.parquet`` -> ``00001``)."""
+    return Path(path).name.split(".")[0]
+
+
+def read_columns(path: str | os.PathLike, columns: list[str] | None = None):
+    """One parquet file as a DataFrame, only ``columns`` (those it has; all when None)."""
+    import pyarrow.parquet as pq
+
+    if columns is None:
+        return pq.read_table(path).to_pandas()
+    have = set(pq.read_schema(path).names)
+    return pq.read_table(path, columns=[c for c in columns if c in have]).to_pandas()
+
+
+def by_shard(*groups: list[str]) -> list[tuple[str, list[str | None]]]:
+    """Pair the artifacts of several path lists by shard id, in the order of the first list:
+    ``[(shard, [path of group 0, path of group 1 or None, ...]), ...]``."""
+    maps = [{shard_of(p): p for p in g} for g in groups]
+    order = list(dict.fromkeys(shard_of(p) for g in groups for p in g))
+    return [(s, [m.get(s) for m in maps]) for s in order]
+
+
 class Report:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)

@@ -117,7 +117,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     if ccfg["llm"]["enabled"] and keys:
         from facecaption.captions.llm import Rewriter
 
-        rewriter = Rewriter(ccfg["llm"])
+        rewriter = Rewriter(ccfg["llm"], shard=args.shard)  # reads only this shard's cache file
         for i, (out, err) in enumerate(rewriter.rewrite(grammar_caption)):
             rewritten[i], errors[i] = out, err
     by_key = {k: i for i, k in enumerate(keys)}

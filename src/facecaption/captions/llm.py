@@ -1,9 +1,14 @@
 """Optional caption rewrite by an LLM behind an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, ...).
 
 * batched and concurrent: captions go out in batches of ``batch_size``, ``concurrency`` requests at a time;
-* cached: an append-only JSON-lines file under ``cache_dir`` (outside the declared outputs), keyed by the
-  input text (and the model/prompt settings), flushed after every batch, so a rerun (or a run after a kill)
-  sends nothing that already came back;
+* cached per shard: ``<cache_dir>/rewrite-<settings tag>/<shard>.jsonl``, an append-only JSON-lines file
+  (outside the declared outputs) keyed by the input text, under a folder keyed by the model/prompt settings,
+  flushed after every batch, so a rerun (or a run after a kill) sends nothing that already came back. A
+  caption job reads only its own shard's file and keeps only the entries of the texts it is asked for, so
+  its memory does not depend on the cache's total size (and no two jobs append to the same file). A text
+  repeated in two shards is sent once per shard;
+* an old shared cache (``<cache_dir>/rewrite-<tag>.jsonl``, one file for all shards) is read once per
+  shard, streamed, to seed that shard's file with the entries it needs, and never written again;
 * failures (HTTP errors, timeouts, bad JSON, empty answers) are recorded per caption and never cached, so
   the grammar caption is kept and a later run retries them;
 * the API key is read from the environment variable named by ``api_key_env`` and never logged or written.
@@ -34,8 +39,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _shard_name(shard: str | None) -> str:
+    """A file-name-safe name for a shard's cache file (shard ids are plain; anything else is hashed)."""
+    if not shard:
+        return "unsharded"
+    if all(ch.isalnum() or ch in "._-" for ch in shard) and not shard.startswith("."):
+        return shard
+    return "shard-" + _digest(shard)[:16]
+
+
 class Rewriter:
-    def __init__(self, llm: dict):
+    def __init__(self, llm: dict, shard: str | None = None):
         self.cfg = llm
         self.url = llm["base_url"].rstrip("/") + "/chat/completions"
         self._key = None
@@ -46,26 +60,52 @@ class Rewriter:
                 raise LLMConfigError(f"captions.llm.api_key_env names the environment variable {env}, which is not set")
         settings = {k: llm[k] for k in ("model", "prompt", "temperature", "max_tokens")}
         tag = _digest(json.dumps(settings, sort_keys=True))[:16]
-        self.cache_path = Path(llm["cache_dir"]) / f"rewrite-{tag}.jsonl"
-        self.cache: dict[str, str] = {}
+        self.legacy_path = Path(llm["cache_dir"]) / f"rewrite-{tag}.jsonl"  # the old shared cache, read only
+        self.cache_path = Path(llm["cache_dir"]) / f"rewrite-{tag}" / f"{_shard_name(shard)}.jsonl"
+        self.cache: dict[str, str] = {}  # only the entries of the texts asked for (never the whole file)
         self.sent = 0  # requests sent in this process (tests check that a rerun sends nothing)
-        self._load_cache()
+        self.lines_read = 0  # cache lines scanned in this process (tests check a job reads only its shard)
 
     # -- cache ---------------------------------------------------------------------------------------------
-    def _load_cache(self) -> None:
-        if not self.cache_path.exists():
-            return
+    def _scan(self, path: Path, wanted: set[str]) -> dict[str, str]:
+        """The entries of ``path`` whose key is in ``wanted``, streamed line by line."""
+        found: dict[str, str] = {}
         bad = 0
-        with open(self.cache_path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
+                self.lines_read += 1
                 try:
                     entry = json.loads(line)
-                    self.cache[entry["k"]] = entry["out"]
+                    if entry["k"] in wanted:
+                        found[entry["k"]] = entry["out"]
                 except (ValueError, KeyError, TypeError):
                     bad += 1  # a line cut short by a kill: ignored, its caption is simply sent again
         if bad:
-            log.warning("%s: ignored %d incomplete line(s)", self.cache_path, bad)
-        log.info("LLM cache %s: %d rewrites", self.cache_path, len(self.cache))
+            log.warning("%s: ignored %d incomplete line(s)", path, bad)
+        return found
+
+    def _load(self, wanted: set[str]) -> None:
+        """Bring the cached rewrites of ``wanted`` (digests) into memory; seed the shard's file from an old
+        shared cache once, the first time the shard's file is missing."""
+        wanted = wanted - self.cache.keys()
+        if not wanted:
+            return
+        if not self.cache_path.exists() and self.legacy_path.exists():
+            seeded = self._scan(self.legacy_path, wanted)
+            tmp = self.cache_path.with_name(self.cache_path.name + ".seed")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:  # written whole, then renamed: a kill never leaves a half-seeded file
+                for k, v in seeded.items():
+                    f.write((json.dumps({"k": k, "out": v}, ensure_ascii=False) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.cache_path)
+            log.info("LLM cache %s: seeded %d rewrites from the old shared cache %s", self.cache_path, len(seeded),
+                     self.legacy_path)
+        if self.cache_path.exists():
+            self.cache.update(self._scan(self.cache_path, wanted))
+        log.info("LLM cache %s: %d of %d wanted rewrites cached", self.cache_path,
+                 sum(k in self.cache for k in wanted), len(wanted))
 
     def _append(self, entries: list[tuple[str, str]]) -> None:
         if not entries:
@@ -125,6 +165,7 @@ class Rewriter:
 
     def rewrite(self, texts: list[str]) -> list[tuple[str | None, str | None]]:
         """For each text: (rewrite or None, error or None). Cached texts are not sent again."""
+        self._load({_digest(t) for t in texts})
         todo = [t for t in dict.fromkeys(texts) if _digest(t) not in self.cache]
         errors: dict[str, str] = {}
         bs = self.cfg["batch_size"]

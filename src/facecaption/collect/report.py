@@ -1,17 +1,23 @@
-"""Corpus report: counts, attribute frequencies (seaborn) and an example grid with true boxes."""
+"""Corpus report: counts, attribute frequencies (seaborn) and an example grid with true boxes.
+
+Streamed: the collect parquet and ground truth are read one shard at a time, only the columns needed, into
+a ``CorpusSummary`` (counts, sums, distinct identities); the example grid reads only the first shard's boxes."""
 
 from __future__ import annotations
 
 import argparse
 import io
+from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from facecaption import workflow as W
-from facecaption.report import Report, setup_plotting
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.quality.sketch import Distinct
+from facecaption.report import Report, by_shard, read_columns, setup_plotting, shard_of
+from facecaption.shards import iter_samples
 
 
 def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6, cell: int = 160) -> Image.Image:
@@ -35,41 +41,127 @@ def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6,
     return grid
 
 
+TRUTH_META = ("key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny")
+IMAGE_COLUMNS = ["key", "status", "width", "height", "caption", "downloaded"]
+
+
+class CorpusSummary:
+    """What the corpus report needs, accumulated shard by shard (a shard's images and its ground truth): exact
+    counts and sums, and the distinct identities in a ``Distinct`` sketch (exact while small)."""
+
+    def __init__(self, real_source: bool = False):
+        self.real_source = real_source
+        self.images = self.images_ok = self.faces = self.no_face = self.multi_face = self.tiny = 0
+        self.width = [0.0, 0]  # sum, count of non-null values
+        self.height = [0.0, 0]
+        self.caption_words = 0
+        self.identities = Distinct()
+        self.degrade: Counter = Counter()
+        self.attr_cols: list[str] = []
+        self.attr_sum: dict[str, list] = {}  # attribute -> [sum, non-null count]
+        self.funnel: Counter = Counter()
+        self.status: Counter = Counter()
+
+    def add_truth_columns(self, columns) -> None:
+        for c in columns:
+            if c not in TRUTH_META and c not in self.attr_sum:
+                self.attr_cols.append(c)
+                self.attr_sum[c] = [0, 0]
+
+    def add(self, images: pd.DataFrame, truth: pd.DataFrame) -> None:
+        self.images += len(images)
+        self.images_ok += int((images.status == "success").sum())
+        for acc, col in ((self.width, "width"), (self.height, "height")):
+            v = images[col].dropna()
+            acc[0] += v.sum()
+            acc[1] += len(v)
+        self.caption_words += int(images.caption.fillna("").str.split().str.len().sum())
+        self.add_truth_columns(truth.columns)
+        if len(truth):
+            faces_per_image = truth.groupby("key").size().reindex(images.key, fill_value=0)
+        else:
+            faces_per_image = pd.Series(0, index=images.key)
+        self.no_face += int((faces_per_image == 0).sum())
+        self.multi_face += int((faces_per_image > 1).sum())
+        self.faces += len(truth)
+        if len(truth):
+            self.tiny += int(truth["tiny"].sum())
+            self.identities.add_values(truth["identity"].dropna().unique())
+            self.degrade.update(truth.drop_duplicates("key")["degrade"].value_counts().to_dict())
+            for c in self.attr_cols:
+                if c in truth:
+                    v = truth[c].dropna()
+                    self.attr_sum[c][0] += v.sum()
+                    self.attr_sum[c][1] += len(v)
+        if self.real_source:
+            from facecaption.collect.urls import funnel  # noqa: PLC0415
+
+            self.funnel.update(funnel(images))
+            self.status.update(images["status"].fillna("not_downloaded").value_counts().to_dict())
+
+    def attribute_frequency(self) -> pd.Series:
+        if not self.faces:
+            return pd.Series(dtype=float)
+        means = [float(s) / n if n else np.nan for s, n in (self.attr_sum[c] for c in self.attr_cols)]
+        return pd.Series(means, index=self.attr_cols, dtype=float).sort_values(ascending=False)
+
+    def metrics(self, source: str, shards: int) -> dict:
+        mean = (lambda acc: acc[0] / acc[1] if acc[1] else float("nan"))
+        return {
+            "source": source, "shards": shards, "images": self.images, "images_ok": self.images_ok,
+            "faces": self.faces, "images_no_face": self.no_face, "images_multi_face": self.multi_face,
+            "faces_tiny": self.tiny, "identities": self.identities.count() if self.faces else 0,
+            "mean_width": float(mean(self.width)), "mean_height": float(mean(self.height)),
+            "mean_caption_words": self.caption_words / self.images if self.images else float("nan"),
+        }
+
+
+def summarise(pairs, real_source: bool = False, truth_columns: list[str] | None = None) -> CorpusSummary:
+    """A ``CorpusSummary`` of ``(images, truth)`` frames, one shard at a time (any iterable, e.g. a generator)."""
+    summ = CorpusSummary(real_source)
+    summ.add_truth_columns(truth_columns or [])
+    for images, truth in pairs:
+        summ.add(images, truth)
+    return summ
+
+
+def iter_shards(image_paths: list[str], truth_paths: list[str]):
+    """One shard's images and ground truth at a time, only the columns the summary needs."""
+    for _, (img_path, truth_path) in by_shard(image_paths, truth_paths):
+        images = read_columns(img_path, IMAGE_COLUMNS) if img_path else pd.DataFrame(columns=IMAGE_COLUMNS)
+        truth_cols = [c for c in pq.read_schema(truth_path).names if c != "landmarks"] if truth_path else []
+        truth = read_columns(truth_path, truth_cols) if truth_path else pd.DataFrame(columns=["key"])
+        yield images, truth
+
+
+def summarise_files(image_paths: list[str], truth_paths: list[str], real_source: bool = False) -> CorpusSummary:
+    # the attribute columns of the ground truth, in the order a concatenation of the shards would have them
+    truth_columns = [c for p in truth_paths for c in pq.read_schema(p).names]
+    return summarise(iter_shards(image_paths, truth_paths), real_source, truth_columns)
+
+
 def run(cfg: dict, args: argparse.Namespace) -> int:
     deps = W.stage_deps("report_corpus", cfg)
-    images = read_parquet([p for p in deps if p.endswith(".parquet") and not p.endswith(".truth.parquet")])
-    truth = read_parquet([p for p in deps if p.endswith(".truth.parquet")])
+    image_paths = [p for p in deps if p.endswith(".parquet") and not p.endswith(".truth.parquet")]
+    truth_paths = [p for p in deps if p.endswith(".truth.parquet")]
     tars = [p for p in deps if p.endswith(".tar")]
+    source = cfg.get("source", "synthface")
     rep = Report(W.report_dir("corpus"))
     plt, sns = setup_plotting()
 
-    faces_per_image = truth.groupby("key").size().reindex(images.key, fill_value=0) if len(truth) else pd.Series(0, index=images.key)
-    rep.update({
-        "source": cfg.get("source", "synthface"),
-        "shards": len(tars),
-        "images": len(images),
-        "images_ok": int((images.status == "success").sum()),
-        "faces": len(truth),
-        "images_no_face": int((faces_per_image == 0).sum()),
-        "images_multi_face": int((faces_per_image > 1).sum()),
-        "faces_tiny": int(truth["tiny"].sum()) if len(truth) else 0,
-        "identities": int(truth["identity"].nunique()) if len(truth) else 0,
-        "mean_width": float(images.width.mean()),
-        "mean_height": float(images.height.mean()),
-        "mean_caption_words": float(images.caption.fillna("").str.split().str.len().mean()),
-    })
-    if cfg.get("source", "synthface") != "synthface":
-        collect_funnel(rep, images)
-    degrade = truth.drop_duplicates("key")["degrade"].value_counts().to_dict() if len(truth) else {}
+    summ = summarise_files(image_paths, truth_paths, source != "synthface")
+    rep.update(summ.metrics(source, len(tars)))
+    if source != "synthface":
+        collect_funnel(rep, dict(summ.funnel), pd.Series(summ.status, dtype="int64"))
+    degrade = summ.degrade
     rep.metric("degraded_images", {k: int(v) for k, v in sorted(degrade.items()) if k != "none"})
 
-    attr_cols = [c for c in truth.columns if c not in
-                 ("key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny")]
-    freq = truth[attr_cols].mean().sort_values(ascending=False) if len(truth) else pd.Series(dtype=float)
+    attr_cols = summ.attr_cols
+    freq = summ.attribute_frequency()
     rep.metric("attributes_drawn", len(attr_cols))
     rep.metric("attribute_frequency", {k: float(v) for k, v in freq.items()})
     rep.table("corpus_summary", ["quantity", "value"], [
-        ["shards", len(tars)], ["images", len(images)], ["faces (ground truth)", len(truth)],
+        ["shards", len(tars)], ["images", summ.images], ["faces (ground truth)", summ.faces],
         ["images without a face", rep.metrics["images_no_face"]],
         ["images with several faces", rep.metrics["images_multi_face"]],
         ["tiny faces", rep.metrics["faces_tiny"]],
@@ -86,12 +178,15 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         ax.tick_params(axis="x", rotation=90, labelsize=6)
         ax.set_ylim(0, 1)
         rep.figure("attribute_frequency", fig)
-    elif cfg.get("source", "synthface") != "synthface":  # real sources: no ground truth to plot
+    elif source != "synthface":  # real sources: no ground truth to plot
         fig, ax = plt.subplots(figsize=(7, 1.2))
         ax.text(0.5, 0.5, "no ground-truth attributes for a real source", ha="center", va="center")
         ax.axis("off")
         rep.figure("attribute_frequency", fig)
-    grid = example_grid(tars[0], truth)
+    # the example grid shows the first tar's images: only that shard's boxes are read
+    first = {shard_of(p): p for p in truth_paths}.get(shard_of(tars[0]))
+    box_cols = ["key", "x0", "y0", "x1", "y1", "landmarks"]
+    grid = example_grid(tars[0], read_columns(first, box_cols) if first else pd.DataFrame(columns=box_cols))
     rep.image("examples", grid)
     rep.save()
     return 0
@@ -103,13 +198,11 @@ FUNNEL_STEPS = (("urls", "input rows (URLs or files)"), ("requested", "requested
                 ("kept", "kept in the shards"))
 
 
-def collect_funnel(rep: Report, images: pd.DataFrame) -> None:
-    """Metrics ``collect_funnel`` and ``collect_status``, tables ``collect_funnel`` and ``collect_status``."""
-    from facecaption.collect.urls import funnel  # noqa: PLC0415
-
-    fun = funnel(images)
+def collect_funnel(rep: Report, fun: dict, status: pd.Series) -> None:
+    """Metrics ``collect_funnel`` and ``collect_status``, tables ``collect_funnel`` and ``collect_status``, from
+    the funnel counts and the per-status row counts summed over the shards."""
+    fun = {k: int(fun.get(k, 0)) for k in ("urls", "requested", "downloaded", "decodable", "kept", "opted_out")}
     rep.metric("collect_funnel", fun)
-    status = images["status"].fillna("not_downloaded").value_counts()
     rep.metric("collect_status", {str(k): int(v) for k, v in sorted(status.items())})
     total = max(fun["urls"], 1)
     rep.table("collect_funnel", ["step", "images", "share of input"],

@@ -1,10 +1,14 @@
 """Faces report: the funnel (images → with faces → kept faces) beside the paper's, drop reasons, the
-detection audit against ground truth (synthface), a funnel figure and example aligned crops."""
+detection audit against ground truth (synthface), a funnel figure and example aligned crops.
+
+Streamed: each shard's kept faces, records and ground truth are read together (only the columns needed),
+summarised into a ``FacesSummary`` and dropped before the next shard is read."""
 
 from __future__ import annotations
 
 import argparse
 import io
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -14,8 +18,8 @@ from facecaption import accounting, reference
 from facecaption import workflow as W
 from facecaption.faces.audit import audit
 from facecaption.faces.decode import category
-from facecaption.report import Report, setup_plotting
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.report import Report, by_shard, read_columns, setup_plotting
+from facecaption.shards import iter_samples
 
 
 def funnel(records: pd.DataFrame, min_score: float) -> dict:
@@ -52,19 +56,126 @@ def crop_grid(tar_path: str, n: int = 24, cols: int = 8, cell: int = 80) -> Imag
     return grid
 
 
+FACE_COLUMNS = ["image_key", "score", "x0", "y0", "x1", "y1", "landmarks", "box_width", "align_error"]
+RECORD_COLUMNS = ["image_key", "face", "status", "reason", "score"]
+TRUTH_COLUMNS = ["key", "x0", "y0", "x1", "y1", "landmarks", "degrade"]
+AUDIT_SUMS = ("truth_faces", "truth_faces_eligible", "truth_faces_below_floor", "true_positives", "false_positives",
+              "missed_eligible")
+
+
+class FacesSummary:
+    """What the faces report needs, accumulated shard by shard (a shard's kept faces, records and ground
+    truth): funnel counts, reason counts, sums for the means, and the detection audit's counts (the audit is
+    per image, and an image's faces and true faces are in the same shard)."""
+
+    def __init__(self, min_score: float, min_size: float):
+        self.min_score, self.min_size = min_score, min_size
+        self.funnel: Counter = Counter()
+        self.image_reasons: Counter = Counter()
+        self.face_reasons: Counter = Counter()
+        self.sums = {c: [0.0, 0] for c in ("box_width", "score", "align_error")}
+        self.has_align_error = False
+        self.faces = 0
+        self.truth_rows = 0
+        self.audit: Counter = Counter()
+        self.landmark = {"px": 0.0, "nme": 0.0}
+        self.by_degrade: dict[str, list[int]] = {}  # degrade -> [eligible true faces found, eligible]
+        self.faces_without_truth = 0
+
+    def add(self, faces: pd.DataFrame, records: pd.DataFrame, truth: pd.DataFrame) -> None:
+        f = funnel(records, self.min_score)
+        for k, v in f.items():
+            self.funnel[k] += v
+        img = records[records.face == -1]
+        det = records[records.face >= 0]
+        self.image_reasons.update(img.reason.fillna("").map(category).replace("", "kept").value_counts().to_dict())
+        self.face_reasons.update(det.reason.fillna("").map(category).replace("", "kept").value_counts().to_dict())
+        self.faces += len(faces)
+        self.has_align_error |= "align_error" in faces
+        for c, acc in self.sums.items():
+            if c in faces:
+                v = faces[c].to_numpy(dtype=np.float64)  # float32 columns: summed in float64
+                v = v[~np.isnan(v)]
+                acc[0] += float(v.sum())
+                acc[1] += len(v)
+        self.truth_rows += len(truth)
+        if len(truth):
+            self._audit_shard(faces, truth)
+        else:  # no true face in this shard: its kept faces are false positives (if any shard has truth)
+            self.faces_without_truth += len(faces)
+
+    def _audit_shard(self, faces: pd.DataFrame, truth: pd.DataFrame) -> None:
+        a = audit(faces, truth, self.min_size)
+        for k in AUDIT_SUMS:
+            self.audit[k] += a[k]
+        tp = a["true_positives"]
+        if a["landmark_error_px"] is not None:  # the mean over this shard's matched pairs (one per true positive)
+            self.landmark["px"] += a["landmark_error_px"] * tp
+            self.landmark["nme"] += a["landmark_nme"] * tp
+        if "recall_by_degradation" in a:
+            side = np.minimum(truth.x1 - truth.x0, truth.y1 - truth.y0)
+            eligible = truth.loc[side >= self.min_size, "degrade"].value_counts()
+            for k, share in a["recall_by_degradation"].items():
+                n = int(eligible.get(k, 0))
+                acc = self.by_degrade.setdefault(str(k), [0, 0])
+                acc[0] += int(round(share * n))
+                acc[1] += n
+
+    def audit_metrics(self) -> dict:
+        """The same metrics as ``faces.audit.audit`` over all shards at once."""
+        c = Counter(self.audit)
+        c["false_positives"] += self.faces_without_truth
+        eligible, tp, fp = c["truth_faces_eligible"], c["true_positives"], c["false_positives"]
+        out = {k: int(c[k]) for k in ("truth_faces", "truth_faces_eligible", "truth_faces_below_floor")}
+        out.update({
+            "recall": (eligible - c["missed_eligible"]) / eligible if eligible else None,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "true_positives": int(tp), "false_positives": int(fp), "missed_eligible": int(c["missed_eligible"]),
+            "landmark_error_px": self.landmark["px"] / tp if tp else None,
+            "landmark_nme": self.landmark["nme"] / tp if tp else None,
+            "iou": 0.5,
+        })
+        if eligible and self.by_degrade:
+            out["recall_by_degradation"] = {k: found / n for k, (found, n) in sorted(self.by_degrade.items()) if n}
+        return out
+
+    def mean(self, column: str) -> float:
+        s, n = self.sums[column]
+        return s / n if n else float("nan")
+
+
+def summarise(shards, min_score: float, min_size: float) -> FacesSummary:
+    """A ``FacesSummary`` of ``(faces, records, truth)`` frames, one shard at a time (any iterable)."""
+    summ = FacesSummary(min_score, min_size)
+    for faces, records, truth in shards:
+        summ.add(faces, records, truth)
+    return summ
+
+
+def _frame(path, columns):
+    return read_columns(path, columns) if path else pd.DataFrame(columns=columns)
+
+
+def iter_shards(face_files: list[str], record_files: list[str], truth_files: list[str]):
+    """One shard's kept faces, records and ground truth at a time, only the columns the summary needs."""
+    for _, (fp, rp, tp) in by_shard(face_files, record_files, truth_files):
+        yield _frame(fp, FACE_COLUMNS), _frame(rp, RECORD_COLUMNS), _frame(tp, TRUTH_COLUMNS)
+
+
 def run(cfg: dict, args: argparse.Namespace) -> int:
     fcfg = cfg["faces"]
     deps = W.stage_deps("report_faces", cfg)
     face_files = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".parquet") and ".records." not in p]
-    faces = read_parquet(face_files)
-    records = read_parquet([p for p in deps if p.endswith(".records.parquet")])
-    truth = read_parquet([p for p in deps if p.endswith(".truth.parquet")])
+    record_files = [p for p in deps if p.endswith(".records.parquet")]
+    truth_files = [p for p in deps if p.endswith(".truth.parquet")]
     detector = fcfg["detector"]
     min_score = fcfg["min_score"][detector]
     rep = Report(W.report_dir("faces"))
     plt, sns = setup_plotting()
 
-    f = funnel(records, min_score)
+    summ = summarise(iter_shards(face_files, record_files, truth_files), min_score, fcfg["min_size"])
+    f = {k: int(summ.funnel[k]) for k in ("images", "images_decoded", "images_with_faces", "images_kept",
+                                          "faces_detected", "faces_kept")}
     rep.update(f)
     rep.update({"detector": detector, "min_score": min_score, "min_size": fcfg["min_size"],
                 "max_faces": fcfg["max_faces"], "shards": len(face_files),
@@ -73,21 +184,17 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
                 "paper_min_score": reference.FUNNEL_FILTERS["min_score"],
                 "paper_min_size": reference.FUNNEL_FILTERS["min_size"],
                 "paper_detector": reference.FUNNEL_FILTERS["detector"]})
-    img = records[records.face == -1]
-    det = records[records.face >= 0]
-    rep.metric("image_reasons", {k: int(v) for k, v in sorted(
-        img.reason.fillna("").map(category).replace("", "kept").value_counts().items())})
-    rep.metric("face_reasons", {k: int(v) for k, v in sorted(
-        det.reason.fillna("").map(category).replace("", "kept").value_counts().items())})
-    if len(faces):
-        rep.metric("mean_face_width", float(faces.box_width.mean()))
-        rep.metric("mean_score_kept", float(faces.score.mean()))
-        rep.metric("mean_align_error", float(faces.align_error.mean()) if "align_error" in faces else None)
+    rep.metric("image_reasons", {k: int(v) for k, v in sorted(summ.image_reasons.items())})
+    rep.metric("face_reasons", {k: int(v) for k, v in sorted(summ.face_reasons.items())})
+    if summ.faces:
+        rep.metric("mean_face_width", summ.mean("box_width"))
+        rep.metric("mean_score_kept", summ.mean("score"))
+        rep.metric("mean_align_error", summ.mean("align_error") if summ.has_align_error else None)
 
-    has_truth = len(truth) > 0
+    has_truth = summ.truth_rows > 0
     rep.metric("has_truth", has_truth)
     if has_truth:
-        rep.update(audit(faces, truth, fcfg["min_size"]))
+        rep.update(summ.audit_metrics())
 
     # the funnel table: measured rows, then the paper's (quoted)
     first = f["images"] or 1

@@ -131,6 +131,20 @@ class Summaries:
         return shares, counts, acc.is_exact
 
 
+QUALITY_COLUMNS = ["key", "excluded_reason", "degrade", "n_captions", "rewritten", "perplexity", *IMAGE_METRICS,
+                   *[f"{p}_{m}" for p in ("cap", "gram", "alt") for m in ("words", "wps", "flesch")]]
+
+
+def summarise(q_parquets: list[str], q_npz: list[str], q: dict, keep: int) -> Summaries:
+    """The ``Summaries`` of the quality tables (one shard at a time, only the needed columns) and n-grams."""
+    summ = Summaries(q["share_steps"], q["exact_ngram_limit"], q["hll_precision"])
+    for i, path in enumerate(q_parquets):
+        summ.add_table(_read(path, QUALITY_COLUMNS), i, keep)
+    for path in q_npz:
+        summ.add_ngrams(path)
+    return summ
+
+
 def _fmt_count(n: int) -> str:
     for div, suf in ((1e6, "M"), (1e3, "K")):
         if n >= div:
@@ -179,13 +193,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rel_cfg = q["relevance"]
     keep = rel_cfg["pairs"]
 
-    summ = Summaries(q["share_steps"], q["exact_ngram_limit"], q["hll_precision"])
-    cols = ["key", "excluded_reason", "degrade", "n_captions", "rewritten", "perplexity", *IMAGE_METRICS,
-            *[f"{p}_{m}" for p in ("cap", "gram", "alt") for m in ("words", "wps", "flesch")]]
-    for i, path in enumerate(q_parquets):
-        summ.add_table(_read(path, cols), i, keep)
-    for path in q_npz:
-        summ.add_ngrams(path)
+    summ = summarise(q_parquets, q_npz, q, keep)
 
     # -- counts and exclusions ------------------------------------------------------------------------
     rep.update({"faces": summ.faces, "included": summ.included, "excluded": summ.faces - summ.included,

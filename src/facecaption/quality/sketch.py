@@ -178,3 +178,26 @@ class NGramSketch:
 
     def count(self) -> float:
         return int(len(self.exact)) if self.exact is not None else float(self.hll.estimate())
+
+
+def hash_values(values) -> np.ndarray:
+    """64-bit hashes of values for the distinct-count sketches: integers through splitmix64, anything else
+    through BLAKE2b of its ``str`` (stable across processes, unlike ``hash``)."""
+    import hashlib
+
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iub":
+        return splitmix64(arr.astype(np.int64).astype(np.uint64))
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode("utf-8"), digest_size=8).digest(), "little")
+                        for v in arr.ravel().tolist()), dtype=np.uint64, count=arr.size)
+
+
+class Distinct(NGramSketch):
+    """Distinct values (identities, image keys, captions, words): exact while at most ``exact_limit``, then
+    HyperLogLog. Add a shard's distinct values; ``count()`` is an int."""
+
+    def add_values(self, values) -> None:
+        self.add(hash_values(values))
+
+    def count(self) -> int:
+        return int(len(self.exact)) if self.exact is not None else int(round(self.hll.estimate()))

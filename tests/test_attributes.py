@@ -144,4 +144,5 @@ def test_train_predict_and_report(labeled_work):
     assert m["faces"] == 30 and m["audit"] is True and m["faces_matched"] == 30
     assert 0 <= m["share_kept"] <= 1 and m["label_threshold"] == 0.85 and m["min_labels"] == 5
     assert Path("results/reports/attributes/figures/attribute_accuracy.png").exists()
+    assert Path("results/reports/attributes/figures/framing.png").stat().st_size > 5000  # both framings shown
     assert Path("results/reports/attributes/tables/attributes_summary.json").exists()

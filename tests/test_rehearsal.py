@@ -36,7 +36,7 @@ ALLOWED = {
     "train.val_max_samples", "train.log_every", "train.checkpoint_every", "train.shuffle_buffer",
     "evaluate.batch", "evaluate.seeds", "evaluate.probe_iterations",
     # this machine: no GPU
-    "attributes.device", "train.accelerator", "train.devices", "train.precision", "train.compile", "evaluate.device",
+    "urls.spark_master", "attributes.device", "train.accelerator", "train.devices", "train.precision", "train.compile", "evaluate.device",
     "resources.*",
     # swaps: no insightface model pack can be fetched here; the endpoint's port is the test's
     "faces.detector", "captions.llm.base_url",
@@ -80,7 +80,8 @@ def test_rehearsal_differs_from_the_paper_only_in_allowed_keys():
                        "attributes.arch": "resnet50", "attributes.label_threshold": 0.85, "attributes.min_labels": 5,
                        "captions.llm.enabled": True, "captions.llm.model": "Qwen-7B-Chat", "train.arch": "ViT-B-16",
                        "train.lr": 3.0e-5, "train.weight_decay": 0.05, "train.init": "models/ViT-B-16-openai.bin",
-                       "labeled.source": "celeba", "source": "urls", "faces.min_score.insightface": 0.98}.items():
+                       "labeled.source": "celeba", "source": "urls", "faces.min_score.insightface": 0.98,
+                       "urls.distributor": "pyspark"}.items():
         assert rehearsal[key] == value == paper[key], key
     # every value of the paper overlay says where it comes from
     for no, line in enumerate((ROOT / PAPER).read_text().splitlines(), 1):
@@ -124,6 +125,8 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     assert len(status) == len(crawl.rows)
     ok = status["status"] == "success"
     assert ok.sum() == len(crawl.files) and (~ok).sum() == len(crawl.rows) - len(crawl.files)
+    spark_logs = list((repo / "logs" / "collect").glob("*.log"))  # the downloads ran on a Spark session
+    assert spark_logs and all("SparkContext" in p.read_text() for p in spark_logs), spark_logs
     # faces: the paper's floor and threshold decided what was kept
     faces = pd.concat(pd.read_parquet(p) for p in sorted((r / "faces").glob("*[0-9].parquet")))
     assert len(faces) > 10 and (faces["box_width"] > 128).all() and (faces["score"] > 0.7).all()

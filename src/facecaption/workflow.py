@@ -83,7 +83,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_shard=True, params=("attributes",), outs=(f"{R}/attributes/{SHARD}.parquet",),
           code=(f"{PKG}/attributes",), help="predict attributes, apply the paper's label and face filters"),
     _report("attributes", deps=(f"{R}/attributes/{ALL}.parquet", f"{R}/faces/{ALL}.parquet",
-                                f"{R}/collect/{ALL}.truth.parquet", f"{R}/attributes/model.json"),
+                                f"{R}/collect/{ALL}.truth.parquet", f"{R}/attributes/model.json",
+                                # the framing figure: crops the classifier learns from beside those it labels
+                                f"{R}/labeled/train.tar", f"{R}/faces/{ALL}.tar"),
             params=("attributes",), code="attributes/report.py", help="attribute audit against ground truth"),
     # -- captions ------------------------------------------------------------------------------------------
     Stage("captions", deps=(f"{R}/faces/{SHARD}.tar", f"{R}/faces/{SHARD}.parquet", f"{R}/attributes/{SHARD}.parquet"),

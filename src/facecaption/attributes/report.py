@@ -128,6 +128,50 @@ def iter_shards(attr_paths: list[str], face_paths: list[str], truth_paths: list[
                read_columns(tp, ["key", "face", *box, *attrs]) if tp else pd.DataFrame())
 
 
+def first_images(tars: list[str], n: int) -> list:
+    """The first ``n`` decodable images of the tars, in order (reads no further than it needs)."""
+    import io
+
+    from PIL import Image
+
+    from facecaption.imageio import to_rgb
+    from facecaption.shards import iter_samples
+
+    out = []
+    for tar in tars:
+        for sample in iter_samples(tar):
+            data = sample.get("jpg") or sample.get("png")
+            if not data:
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    out.append(to_rgb(im))
+            except Exception:  # noqa: BLE001 (an unreadable example is skipped; the stages count them)
+                continue
+            if len(out) == n:
+                return out
+    return out
+
+
+def framing_figure(rep: Report, plt, labeled_tar: str, face_tars: list[str], n: int = 6) -> None:
+    """The crops the classifier is trained on (the labeled set: CelebA aligned from its landmarks, or
+    synthface) beside the crawled faces it labels, both as the stages wrote them: one framing or two."""
+    rows = [("labeled set (trained on)", first_images([labeled_tar], n)),
+            ("crawled faces (labeled)", first_images(face_tars, n))]
+    fig, axes = plt.subplots(2, n, figsize=(1.15 * n, 2.6))
+    for r, (title, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            if c < len(images):
+                ax.imshow(images[c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=6)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    rep.figure("framing", fig)
+
+
 def run(cfg: dict, args: argparse.Namespace) -> int:
     acfg = cfg["attributes"]
     deps = W.stage_deps("report_attributes", cfg)
@@ -189,6 +233,10 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     ax.tick_params(axis="x", rotation=90, labelsize=6)
     ax.legend(fontsize=6, loc="lower left")
     rep.figure("attribute_accuracy", fig)
+
+    labeled_tar = next(p for p in deps if p.endswith("labeled/train.tar"))
+    face_tars = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".tar")]
+    framing_figure(rep, plt, labeled_tar, face_tars)
 
     fig, ax = plt.subplots(figsize=(4.5, 2.4))
     if n:

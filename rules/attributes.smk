@@ -17,7 +17,7 @@ rule attributes_train:
         "attributes: train the {config[attributes][arch]} classifier on the labeled set"
     threads: threads_of("attributes_train", 2)
     resources:
-        mem_mb=mem_of("attributes_train", 4000),
+        **resources_of("attributes_train", 4000),
     shell:
         "OMP_NUM_THREADS={threads} FACECAPTION_THREADS={threads} "
         "facecaption attributes_train --cfg {params.cfg:q} 2> {log}"
@@ -38,7 +38,7 @@ rule attributes:
         "attributes: predict and filter the faces of shard {wildcards.shard}"
     threads: threads_of("attributes", 1)
     resources:
-        mem_mb=mem_of("attributes", 3000),
+        **resources_of("attributes", 3000),
     shell:
         "OMP_NUM_THREADS={threads} FACECAPTION_THREADS={threads} "
         "facecaption attributes --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
@@ -58,6 +58,6 @@ rule report_attributes:
     message:
         "report: attribute classifier, filters and audit against the ground truth"
     resources:
-        mem_mb=mem_of("report_attributes", 2000),
+        **resources_of("report_attributes", 2000),
     shell:
         "facecaption report_attributes --cfg {params.cfg:q} 2> {log}"

@@ -17,7 +17,7 @@ rule captions:
         "captions: grammar captions for the kept faces of shard {wildcards.shard}"
     threads: 1
     resources:
-        mem_mb=mem_of("captions", 2000),
+        **resources_of("captions", 2000),
     shell:
         "facecaption captions --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
 
@@ -36,6 +36,6 @@ rule report_captions:
     message:
         "report: caption statistics, faithfulness audit and examples"
     resources:
-        mem_mb=mem_of("report_captions", 2000),
+        **resources_of("report_captions", 2000),
     shell:
         "facecaption report_captions --cfg {params.cfg:q} 2> {log}"

@@ -16,7 +16,7 @@ rule collect:
         "collect: shard {wildcards.shard} from source '{config[source]}'"
     threads: 1
     resources:
-        mem_mb=mem_of("collect", 1500),
+        **resources_of("collect", 1500),
     shell:
         "facecaption collect --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
 
@@ -34,7 +34,7 @@ rule labeled:
         "labeled: the attribute-labeled train/val/test splits"
     threads: 1
     resources:
-        mem_mb=mem_of("labeled", 2000),
+        **resources_of("labeled", 2000),
     shell:
         "facecaption labeled --cfg {params.cfg:q} 2> {log}"
 
@@ -53,6 +53,6 @@ rule report_corpus:
     message:
         "report: corpus statistics and figures"
     resources:
-        mem_mb=mem_of("report_corpus", 2000),
+        **resources_of("report_corpus", 2000),
     shell:
         "facecaption report_corpus --cfg {params.cfg:q} 2> {log}"

@@ -46,11 +46,128 @@ def res(stage, key, default):
 
 
 def threads_of(stage, default=1):
-    return res(stage, "threads", default)
+    """resources.<rule>.threads; for a GPU job given cpus_per_gpu and no threads, its CPUs (per task)."""
+    threads = res(stage, "threads", None)
+    if threads is None and res(stage, "gpus", 0) and res(stage, "cpus_per_gpu", None):
+        per_node, nodes = layout(stage)
+        threads = res(stage, "cpus_per_gpu", None) * (1 if per_node * nodes > 1 else res(stage, "gpus", 0))
+    return default if threads is None else threads
 
 
 def mem_of(stage, default=2000):
     return res(stage, "mem_mb", default)
+
+
+# -- resources for a cluster ------------------------------------------------------------------------------
+# resources.<rule>.* become the Snakemake resources that snakemake-executor-plugin-slurm (2.8) turns into
+# sbatch options: mem_mb -> --mem, runtime -> --time, gpu (+ gpu_model) -> --gpus=[<model>:]<n>,
+# gres -> --gres, cpus_per_gpu -> --cpus-per-gpu (for GPU jobs; else threads -> --cpus-per-task),
+# nodes -> --nodes, and for jobs marked `mpi` tasks_per_node -> --ntasks-per-node / tasks -> --ntasks.
+# Inside the job the plugin's jobstep runs a job with `srun -n1` (one task), except an `mpi` job: that one
+# runs the rule's command as it is, in the batch script, and the command starts its tasks itself
+# (layout() / launcher() below, for train). Locally (--cores) these resources only label the jobs.
+
+
+def layout(stage):
+    """(tasks per node, nodes) of a stage's job: Lightning's layout for train (one task per device:
+    train.devices per node, or the GPUs per node for `auto`; train.num_nodes nodes), one task elsewhere."""
+    if stage != "train":
+        return 1, 1
+    nodes, devices = config["train"]["num_nodes"], config["train"]["devices"]
+    gpus = res(stage, "gpus", 0)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, str) and devices.strip() != "auto":  # a list of device ids, "0,1,2"
+        return len([d for d in devices.split(",") if d.strip()]), nodes
+    if devices in ("auto", -1):  # every GPU of the node: those the job asks for
+        return (gpus // nodes if gpus else 1), nodes
+    return devices, nodes
+
+
+def check_resources():
+    """resources.* that the schema cannot judge alone: rule names and train's layout. (gpu_model and
+    cpus_per_gpu are ignored where gpus is 0: an overlay that turns a GPU job into a CPU job cannot
+    remove the keys it inherits.)"""
+    for stage in config.get("resources", {}):
+        if stage not in W.STAGES:
+            raise fc_config.ConfigError(f"config error: resources.{stage}: no such rule; rules: {', '.join(W.STAGES)}")
+    gpus = res("train", "gpus", 0)
+    per_node, nodes = layout("train")
+    if gpus and gpus % nodes:
+        raise fc_config.ConfigError(f"config error: resources.train.gpus: {gpus} GPUs do not split evenly over "
+                                    f"train.num_nodes: {nodes}; give every node the same number")
+    if gpus and per_node != gpus // nodes:
+        raise fc_config.ConfigError(f"config error: train.devices: {config['train']['devices']} ({per_node} per node), but "
+                                    f"resources.train.gpus: {gpus} over train.num_nodes: {nodes} is {gpus // nodes} per node; "
+                                    f"set train.devices: {gpus // nodes} (or auto)")
+
+
+try:
+    check_resources()
+except fc_config.ConfigError as exc:
+    sys.stderr.write(f"{exc}\n")
+    sys.exit(1)
+
+
+def in_slurm_job():
+    """Whether this Snakemake is the SLURM jobstep's, running a job inside its allocation (the process that
+    runs the rule's command there): a cluster job re-runs Snakemake in exec mode REMOTE; a local run
+    (--cores), even inside an salloc/sbatch allocation, is the process you started (DEFAULT)."""
+    import os
+
+    from snakemake_interface_executor_plugins.settings import ExecMode
+
+    return workflow.exec_mode == ExecMode.REMOTE and "SLURM_JOB_ID" in os.environ
+
+
+def launcher(stage):
+    """The prefix that starts a multi-task job's command once per task inside its SLURM allocation:
+    `srun` with the job's layout (one task per GPU), so that every task is a process srun started, as
+    Lightning's SLURM environment needs (SLURM_NTASKS = devices x nodes, SLURM_PROCID = the rank). Empty for
+    a one-task job and everywhere but in the SLURM job, so a local run starts the command as it always did
+    (Lightning then starts the processes of DDP itself). A resource (not a param): not a rerun trigger."""
+    per_node, nodes = layout(stage)
+    gpus, cpus_per_gpu = res(stage, "gpus", 0), res(stage, "cpus_per_gpu", None)
+
+    def prefix(wildcards, threads):
+        if per_node * nodes == 1 or not in_slurm_job():
+            return ""
+        cpus = cpus_per_gpu if gpus and cpus_per_gpu else threads
+        # the jobstep passes on only the job's id (no SLURM_NTASKS & co), so the layout is spelt out; the
+        # step gets the job's GPUs and memory by default; one failing task ends the others
+        return f"srun --nodes={nodes} --ntasks-per-node={per_node} --cpus-per-task={cpus} --kill-on-bad-exit=1 "
+
+    return prefix
+
+
+def resources_of(stage, mem_mb):
+    """The Snakemake resources of a stage's job, for `resources: **resources_of(stage, mem_mb)`: mem_mb
+    (resources.<rule>.mem_mb, else ``mem_mb``) and, only when configured, runtime and the GPUs (gpu_model,
+    cpus_per_gpu); for a job of several tasks (train on several devices or nodes) the task layout, marked
+    `mpi` for the plugin. A config without resources.* gives {mem_mb}, as before."""
+    out = {"mem_mb": mem_of(stage, mem_mb)}
+    if res(stage, "runtime", None):
+        out["runtime"] = res(stage, "runtime", None)  # minutes
+    gpus, model = res(stage, "gpus", 0), res(stage, "gpu_model", None)
+    per_node, nodes = layout(stage)
+    if per_node * nodes > 1:
+        # sbatch --nodes=N --ntasks-per-node=T (--ntasks=N where T is 1: the plugin wants T > 1), GPUs per node
+        out.update(mpi="srun", nodes=nodes)
+        if per_node > 1:
+            out["tasks_per_node"] = per_node
+        else:
+            out["tasks"] = nodes
+        if gpus:
+            out["gres"] = f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
+            if per_node == 1:
+                out["tasks_per_gpu"] = 1  # else the plugin takes `tasks` as tasks per GPU
+    elif gpus:
+        out["gpu"] = gpus  # sbatch --gpus=[<model>:]<n>; the jobstep's srun -n1 passes it on
+        if model:
+            out["gpu_model"] = model
+    if gpus and res(stage, "cpus_per_gpu", None):
+        out["cpus_per_gpu"] = res(stage, "cpus_per_gpu", None)
+    return out
 
 
 if config["source"] == "urls":

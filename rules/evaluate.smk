@@ -17,6 +17,6 @@ rule evaluate:
         "evaluate: linear probe, retrieval and zero-shot attributes (FLIP vs baselines)"
     threads: threads_of("evaluate", 2)
     resources:
-        mem_mb=mem_of("evaluate", 4000),
+        **resources_of("evaluate", 4000),
     shell:
         "facecaption evaluate --cfg {params.cfg:q} 2> {log}"

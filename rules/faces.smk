@@ -18,7 +18,7 @@ rule faces:
         "faces: detect and align faces in shard {wildcards.shard} ({config[faces][detector]})"
     threads: threads_of("faces", 1)
     resources:
-        mem_mb=mem_of("faces", 2000),
+        **resources_of("faces", 2000),
     shell:
         "facecaption faces --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
 
@@ -37,6 +37,6 @@ rule report_faces:
     message:
         "report: face funnel and detection audit"
     resources:
-        mem_mb=mem_of("report_faces", 2000),
+        **resources_of("report_faces", 2000),
     shell:
         "facecaption report_faces --cfg {params.cfg:q} 2> {log}"

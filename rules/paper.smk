@@ -15,7 +15,7 @@ rule paper:
     message:
         "paper: compiling paper/build/paper.pdf"
     resources:
-        mem_mb=mem_of("paper", 2000),
+        **resources_of("paper", 2000),
     shell:
         "facecaption paper --cfg {params.cfg:q} 2> {log}"
 
@@ -34,6 +34,6 @@ rule report_cost:
     message:
         "report: cost of the 50M-URL run, projected from the benchmarks"
     resources:
-        mem_mb=mem_of("report_cost", 1000),
+        **resources_of("report_cost", 1000),
     shell:
         "facecaption report_cost --cfg {params.cfg:q} 2> {log}"

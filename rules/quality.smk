@@ -17,7 +17,7 @@ rule quality:
         "quality: image and text metrics of shard {wildcards.shard}"
     threads: threads_of("quality", 1)
     resources:
-        mem_mb=mem_of("quality", 2000),
+        **resources_of("quality", 2000),
     shell:
         "OMP_NUM_THREADS={threads} facecaption quality --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
 
@@ -37,6 +37,6 @@ rule report_quality:
         "report: Table 1, quality histograms, relevance and the dataset card"
     threads: threads_of("report_quality", 1)
     resources:
-        mem_mb=mem_of("report_quality", 4000),
+        **resources_of("report_quality", 4000),
     shell:
         "OMP_NUM_THREADS={threads} facecaption report_quality --cfg {params.cfg:q} 2> {log}"

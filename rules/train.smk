@@ -1,6 +1,10 @@
 # Stage 5, train: FLIP pre-training (open_clip + Lightning) on the caption shards, then its curves.
 # Resumable checkpoints live in train.resume_dir (default cache/train/<config hash>/), outside the
 # declared outputs, which Snakemake deletes when a job fails: re-running a killed job resumes there.
+# On several GPUs or nodes (train.devices x train.num_nodes > 1) the SLURM job has one task per GPU
+# (sbatch --nodes=<num_nodes> --ntasks-per-node=<devices> --gres=gpu:<devices>, see resources_of) and, inside
+# it, {resources.launcher} is the `srun` that starts `facecaption train` once per task, as Lightning's SLURM
+# environment expects; it is empty in a local run, where Lightning starts the DDP processes itself.
 
 
 rule train:
@@ -18,9 +22,10 @@ rule train:
         "train: {config[train][arch]} for {config[train][max_steps]} steps"
     threads: threads_of("train", 2)
     resources:
-        mem_mb=mem_of("train", 4000),
+        launcher=launcher("train"),
+        **resources_of("train", 4000),
     shell:
-        "facecaption train --cfg {params.cfg:q} 2> {log}"
+        "{resources.launcher}facecaption train --cfg {params.cfg:q} 2> {log}"
 
 
 rule report_train:
@@ -37,6 +42,6 @@ rule report_train:
     message:
         "report: training curves"
     resources:
-        mem_mb=mem_of("report_train", 2000),
+        **resources_of("report_train", 2000),
     shell:
         "facecaption report_train --cfg {params.cfg:q} 2> {log}"

@@ -109,6 +109,24 @@ except fc_config.ConfigError as exc:
     sys.exit(1)
 
 
+# Before any job runs, one line naming the key: GPUs asked for where CUDA is missing, when the jobs run on this
+# machine (submitted jobs check at their start: the login node has no GPU); then every file, folder and
+# endpoint the stages will need (CelebA, LFWA, model packs, start weights, the LLM server), once, in the
+# Snakemake you started (not again in each cluster job). Fallbacks print one warning line.
+from snakemake_interface_executor_plugins.settings import ExecMode
+
+from facecaption import preflight as fc_preflight
+
+try:
+    for _line in fc_preflight.check_devices(config, local=fc_preflight.jobs_run_here(workflow)):
+        sys.stderr.write(f"{_line}\n")
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        fc_preflight.check_inputs(config)
+except fc_config.ConfigError as exc:
+    sys.stderr.write(f"{exc}\n")
+    sys.exit(1)
+
+
 def in_slurm_job():
     """Whether this Snakemake is the SLURM jobstep's, running a job inside its allocation (the process that
     runs the rule's command there): a cluster job re-runs Snakemake in exec mode REMOTE; a local run

@@ -198,8 +198,9 @@ def test_snakemake_stops_before_any_job_when_cuda_is_missing(tmp_path, ort_probl
     assert "Job stats" not in out and not re.search(r"^Job \d+:", out, flags=re.M)  # no job planned
 
 
-def test_snakemake_falls_back_with_one_warning_line(tmp_path, ort_problem):
-    proc = _dry_run(tmp_path, {"faces": {**GPU_FACES, "insightface": {"device": "cuda", "cuda_fallback": "cpu"}}})
+def test_snakemake_falls_back_with_one_warning_line(tmp_path, ort_problem, fake_model):
+    proc = _dry_run(tmp_path, {"faces": {**GPU_FACES, "insightface": {"device": "cuda", "cuda_fallback": "cpu",
+                                                                      "model_file": str(fake_model)}}})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     warned = [ln for ln in out.splitlines() if "faces.insightface.device: cuda" in ln]
@@ -207,9 +208,12 @@ def test_snakemake_falls_back_with_one_warning_line(tmp_path, ort_problem):
                       "(faces.insightface.cuda_fallback: cpu)"]
 
 
-def test_snakemake_with_a_cluster_profile_does_not_check_the_login_node(tmp_path, ort_problem, torch_problem):
-    """The SLURM profile: Snakemake runs on a login node without GPUs, the jobs on GPU nodes: no stop here."""
-    gpus = {"faces": GPU_FACES, "train": {"accelerator": "gpu"}, "resources": {"train": {"gpus": 1}}}
+def test_snakemake_with_a_cluster_profile_does_not_check_the_login_node(tmp_path, ort_problem, torch_problem,
+                                                                       fake_model):
+    """The SLURM profile: Snakemake runs on a login node without GPUs, the jobs on GPU nodes: no stop here
+    (the model pack, an input on shared storage, is still checked there)."""
+    faces = {**GPU_FACES, "insightface": {**GPU_FACES["insightface"], "model_file": str(fake_model)}}
+    gpus = {"faces": faces, "train": {"accelerator": "gpu"}, "resources": {"train": {"gpus": 1}}}
     proc = _dry_run(tmp_path, gpus, "--profile", "profiles/slurm", "--slurm-no-account")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

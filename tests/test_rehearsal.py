@@ -31,7 +31,7 @@ ALLOWED = {
     # sizes: counts of shards, images, steps, epochs, batches, seeds; image sides a CPU cannot afford
     "urls.per_shard", "urls.chunk", "urls.threads", "urls.processes", "labeled.max_images",
     "align.size", "attributes.input_size", "train.image_size",
-    "attributes.epochs", "attributes.batch_size", "captions.llm.concurrency",
+    "attributes.batch_size", "captions.llm.concurrency",
     "train.batch_size", "train.epochs", "train.warmup_steps", "train.val_shards", "train.val_every",
     "train.val_max_samples", "train.log_every", "train.checkpoint_every", "train.shuffle_buffer",
     "evaluate.batch", "evaluate.seeds", "evaluate.probe_iterations",
@@ -103,7 +103,7 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     crawl, llm = LoopbackCrawl(n_images=44), FakeLLM()
     try:
         crawl.write_parquet(repo / "data" / "laion-face")
-        write_celeba(repo / "data" / "celeba", n_identities=40, images_per_identity=3, seed=1)
+        write_celeba(repo / "data" / "celeba", n_identities=60, images_per_identity=4, seed=1)
         write_lfwa(repo / "data" / "lfwa", n_identities=24, images_per_identity=3, seed=2)
         model, _ = M.create("ViT-B-16", seed=3)  # stands in for OpenAI's weights: a local open_clip state dict
         (repo / "models").mkdir()

@@ -233,7 +233,8 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
             ["sentences per caption (mean)", round(rep.metrics["mean_sentences"], 1) if n else None],
             ["distinct captions", f"{rep.metrics['unique_share'] * 100:.1f} %"],
             ["vocabulary (words)", rep.metrics["vocabulary"]],
-            ["facts stated per face (all its captions)", round(fa.get("facts_per_face", 0), 1)],
+            ["facts stated per face (all its captions)",
+             round(fa["facts_per_face"], 1) if fa.get("facts_per_face") is not None else None],
             ["stated facts that are kept labels", f"{(fa.get('faithful_to_labels') or 0) * 100:.2f} %" if n else None]]
     if fa.get("true_in_ground_truth") is not None:
         rows.append(["stated facts true in the ground truth", f"{fa['true_in_ground_truth'] * 100:.2f} %"])

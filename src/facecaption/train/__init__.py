@@ -221,6 +221,9 @@ def loader_workers(tcfg: dict, hw: dict) -> int:
     node, one left for the training process itself (at most 16 per device)."""
     if tcfg["num_workers"] != "auto":
         return int(tcfg["num_workers"])
+    task_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if task_cpus and int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # srun gave this task (= device) its own CPUs
+        return max(1, min(16, int(task_cpus) - 1))
     per_node = devices_per_node(hw["devices"])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(16, cpus // max(1, per_node) - 1))
@@ -298,13 +301,18 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     except ModuleNotFoundError as exc:  # a bare GPU machine may lack tensorboard: the CSV log and curves remain
         log.warning("train: no TensorBoard events (%s)", exc)
     has_val = bool(data.val_shards)
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    # where Lightning would use SLURM's layout, keep it but not its requeue: a job restarts through the
+    # profile's retries and resumes from train.resume_dir
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     trainer = L.Trainer(
         **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
         gradient_clip_val=None,  # the system clips (FlipSystem.configure_gradient_clipping), AMP or not
         deterministic=hw["accelerator"] == "cpu",
         val_check_interval=tcfg["val_every"] if has_val else None, check_val_every_n_epoch=None,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=1,  # the system throttles its own logging
-        default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False,
+        default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False, plugins=plugins or None,
     )
     if resume:
         log.info("train: resuming from %s", resume)

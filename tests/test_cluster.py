@@ -172,10 +172,11 @@ def test_resources_that_do_not_add_up_stop_before_any_job(tmp_path, data, line):
 
 def test_local_run_starts_train_without_srun_even_inside_an_allocation(tmp_path, monkeypatch):
     """The srun prefix is only for the SLURM jobstep: a local run (here a dry run that prints the commands,
-    as if inside an salloc allocation) starts `facecaption train` as before; the same config is valid."""
+    as if inside an salloc allocation) of a 2-task train job starts `facecaption train` as before. (No GPUs
+    asked for: on this machine without CUDA, a local run asking for them stops first, tests/test_preflight.py.)"""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    proc = _dry_run(tmp_path, {"resources": {"train": {"gpus": 2, "cpus_per_gpu": 1, "runtime": 30}},
-                               "train": {"accelerator": "cpu", "devices": 2}}, "--printshellcmds", "--forceall", "train")
+    proc = _dry_run(tmp_path, {"resources": {"train": {"runtime": 30}}, "train": {"accelerator": "cpu", "devices": 2}},
+                    "--printshellcmds", "--forceall", "train")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     commands = [ln.strip().removeprefix("Shell command:").strip() for ln in out.splitlines() if "facecaption train --cfg" in ln]

@@ -101,12 +101,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return {"state_dict": obj, "facecaption": {}}
 
 
+def cpu_state(model: torch.nn.Module) -> dict:
+    """The model's state dict on the CPU, floating tensors in float32 (what both exports write)."""
+    return {k: v.detach().to("cpu", torch.float32).clone() if v.is_floating_point() else v.detach().cpu().clone()
+            for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(model: torch.nn.Module, arch: str, path: str | os.PathLike, **meta) -> None:
     """Export an open_clip state dict that ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads."""
     from facecaption.shards import atomic_path
 
-    state = {k: v.detach().to("cpu", torch.float32).clone() if v.is_floating_point() else v.detach().cpu().clone()
-             for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     payload = {"state_dict": state, "facecaption": {"arch": arch, "model_cfg": model_config(arch), **meta}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -129,8 +134,7 @@ def save_open_clip_folder(model: torch.nn.Module, arch: str, folder: str | os.Pa
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).clone() if v.is_floating_point() else v.detach().cpu().clone()
-             for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     config = {"model_cfg": model_config(arch),
               "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
                                  "resize_mode": "squash"},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecaption import rng as rngmod
+from facecaption.core import rng as rngmod
 from facecaption.captions import caption_faces
 from facecaption.captions.grammar import Generator, Grammar
 from facecaption.synthface.render import DRAWABLE, sample_attributes, sample_identity

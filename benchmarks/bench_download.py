@@ -65,9 +65,9 @@ def serve(latency: float, images: list[bytes]) -> ThreadingHTTPServer:
 def run_once(n: int, threads: int, processes: int, chunk: int, port: int, work: Path) -> dict:
     import pandas as pd
 
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
     from facecaption.collect import urls as U
-    from facecaption.shards import read_parquet
+    from facecaption.core.shards import read_parquet
 
     if work.exists():
         shutil.rmtree(work)

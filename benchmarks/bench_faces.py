@@ -32,7 +32,7 @@ def images(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
 
 def bench(detector, fcfg: dict, acfg: dict, imgs: list[np.ndarray], threads: int, repeat: int = 2) -> dict:
     from facecaption.faces import process
-    from facecaption.shards import encode_jpeg
+    from facecaption.core.shards import encode_jpeg
 
     bs = fcfg["batch_size"]
     threshold = min(fcfg["candidate_score"], fcfg["min_score"][fcfg["detector"]])
@@ -55,7 +55,7 @@ def bench(detector, fcfg: dict, acfg: dict, imgs: list[np.ndarray], threads: int
 
 
 def main(argv=None) -> int:
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
     from facecaption.faces.detect import ModelMissing, make_detector
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 
 def make_faces(n: int, size: int) -> list[bytes]:
-    from facecaption.faces.align import align
-    from facecaption.shards import encode_jpeg
+    from facecaption.core.align import align
+    from facecaption.core.shards import encode_jpeg
     from facecaption.synthface.render import render_image
 
     rng = np.random.default_rng(0)

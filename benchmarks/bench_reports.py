@@ -72,7 +72,7 @@ def _peak_mb() -> float:
 
 
 def _config() -> dict:
-    from facecaption.config import load
+    from facecaption.core.config import load
 
     return load([REPO / "config.yaml"])
 
@@ -100,8 +100,8 @@ def _lists(pa, values, per_row: int, n: int, typ):
 def make_shard(root: Path, shard: str, n: int, seed: int, truth_rows: bool = True) -> None:
     import pyarrow as pa
 
-    from facecaption.celeba import ATTRIBUTES
-    from facecaption.shards import write_parquet
+    from facecaption.core.celeba import ATTRIBUTES
+    from facecaption.core.shards import write_parquet
     from facecaption.synthface.render import DRAWABLE
 
     rng = np.random.default_rng(seed)
@@ -228,11 +228,11 @@ def paths(shards: list[str]) -> dict[str, list[str]]:
 
 
 def aggregate(stage: str, shards: list[str], one_frame: bool) -> None:
-    from facecaption.celeba import ATTRIBUTES
+    from facecaption.core.celeba import ATTRIBUTES
 
     p = paths(shards)
     if one_frame:  # the reports before streaming: every input artifact read whole into one frame
-        from facecaption.shards import read_parquet
+        from facecaption.core.shards import read_parquet
 
         inputs = {"corpus": ("collect", "truth"), "faces": ("faces", "records", "truth"),
                   "attributes": ("attributes", "faces", "truth"), "captions": ("captions", "attributes", "faces", "truth"),
@@ -244,7 +244,7 @@ def aggregate(stage: str, shards: list[str], one_frame: bool) -> None:
 
         summarise_files(p["collect"], p["truth"]).metrics("synthface", len(shards))
     elif stage == "faces":
-        from facecaption import accounting
+        from facecaption.faces import accounting
         from facecaption.faces.report import iter_shards, summarise
 
         summarise(iter_shards(p["faces"], p["records"], p["truth"]), 0.5, 24).audit_metrics()
@@ -300,7 +300,7 @@ def child(argv: list[str]) -> int:
     import pyarrow.parquet  # noqa: F401
 
     import facecaption.captions.llm  # noqa: F401
-    import facecaption.report  # noqa: F401
+    import facecaption.core.report  # noqa: F401
 
     _config()
     os.chdir(root)

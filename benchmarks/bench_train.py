@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def write_shards(folder: Path, n: int, per_shard: int, size: int) -> list[str]:
-    from facecaption.shards import ShardWriter, encode_jpeg
+    from facecaption.core.shards import ShardWriter, encode_jpeg
 
     colours = ["red", "green", "blue", "yellow", "purple", "white", "black", "orange"]
     paths = []
@@ -60,7 +60,7 @@ def write_shards(folder: Path, n: int, per_shard: int, size: int) -> list[str]:
 def bare(arch: str, batch: int, steps: int, size: int, device: str, precision: str, compile: bool = False) -> float:
     from open_clip.loss import ClipLoss
 
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     model, _ = M.create(arch)
     model.to(device).train()
@@ -120,7 +120,7 @@ def open_clip_trainer(shards: list[str], arch: str, batch: int, steps: int, work
             "--precision", prec, "--lr", "1e-4", "--warmup", "2", "--log-every-n-steps", "5",
             "--logs", str(tmp / "oc_logs"), "--name", "bench", "--save-frequency", "0", "--seed", "0",
             "--report-to", "", "--dataset-resampled", "--grad-clip-norm", "1.0"]  # clipping on, as ours
-    code = (f"import sys; from facecaption.train import model as M; M.arch_for('{arch.rsplit('-', 1)[0] if arch.endswith('px') else arch}', {size}); "
+    code = (f"import sys; from facecaption.core import openclip as M; M.arch_for('{arch.rsplit('-', 1)[0] if arch.endswith('px') else arch}', {size}); "
             f"from open_clip_train.main import main; main(sys.argv[1:])")
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp)
@@ -146,7 +146,7 @@ def _measure(results: dict, name: str, fn, out: Path) -> None:
 def gpu_main(a) -> dict:
     """``--gpu``: ViT-B-16 at 224 px, bf16, clipping on, at each batch size: bare (eager, compiled), ours
     (compiled, auto workers), open_clip's trainer; ratios at the same batch."""
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     out = Path(a.out if a.out != str(ROOT / "benchmarks/results/train.json") else ROOT / "benchmarks/results/train_gpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         return gpu_main(a)
 
     from facecaption.train import hardware
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     arch = M.arch_for(a.arch, a.size)
     hw = hardware({"accelerator": "auto", "precision": "auto", "devices": 1, "num_nodes": 1})

@@ -47,7 +47,7 @@ def _check(results: dict, name: str, fn, out: Path) -> None:
 
 def smoke(tmp: Path, shards: list[str], gpu: bool, **train) -> dict:
     """The shipped config's train section, a few steps."""
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
     from facecaption.train import train as run_train
 
     overrides = {"train": {"max_steps": 6, "val_every": 3, "checkpoint_every": 3, "log_every": 1,
@@ -88,9 +88,9 @@ def stage_vit(tmp: Path, gpu: bool) -> dict:
     from bench_train import write_shards
     from PIL import Image
 
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
     from facecaption import workflow as W
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     work = tmp / "stage"
     (work / "results" / "captions").mkdir(parents=True)

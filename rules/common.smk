@@ -1,7 +1,7 @@
 # Shared helpers: config validation, shard ids, stage paths from the registry (facecaption.workflow).
 import sys
 
-from facecaption import config as fc_config
+from facecaption.core import config as fc_config
 from facecaption import workflow as W
 
 try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facecaption import config as fc_config
+from facecaption.core import config as fc_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

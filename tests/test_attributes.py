@@ -17,7 +17,7 @@ import torch
 
 from facecaption.attributes import apply_filters
 from facecaption.attributes.data import AttributeDataError, labeled_attributes
-from facecaption.shards import ShardWriter, iter_samples, read_parquet, write_parquet
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 
 from conftest import run_stage, tiny_config
 
@@ -54,7 +54,7 @@ def build_faces_shard(shard: str = "00000", n: int | None = None, drop_crop: str
 def fast_config(**over) -> dict:
     base = {"synthface": {"num_shards": 1}, "attributes": {"epochs": 2, "input_size": 32, "width": 8, "batch_size": 32},
             "paper": {"sections": ["attributes"]}}
-    from facecaption.config import deep_merge
+    from facecaption.core.config import deep_merge
 
     return tiny_config(**deep_merge(base, over))
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support.repo import TEST_CONFIG, copy_repo, snakemake
 
-from facecaption import accounting
+from facecaption.faces import accounting
 from facecaption.collect.faults import COUNTS, plan
 from facecaption.faces.decode import category
 

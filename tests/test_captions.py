@@ -17,8 +17,8 @@ import pytest
 from facecaption.captions import CaptionInputError, label_columns
 from facecaption.captions.grammar import Generator, Grammar, GrammarError, default_path
 from facecaption.captions.llm import Rewriter
-from facecaption.celeba import ATTRIBUTES
-from facecaption.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
 
 from conftest import run_stage, tiny_config
 from support.llm import FakeLLM
@@ -143,7 +143,7 @@ def make_inputs(n: int = 12, shard: str = "00000") -> pd.DataFrame:
 
 
 def stage_config(**over) -> dict:
-    from facecaption.config import deep_merge
+    from facecaption.core.config import deep_merge
 
     return tiny_config(**deep_merge({"synthface": {"num_shards": 1}, "captions": {"examples": 4}}, over))
 

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import run_stage, tiny_config
 from facecaption import workflow as W
 from facecaption.collect import folder as F
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.core.shards import iter_samples, read_parquet
 
 
 def _img(path: Path, n: int, fmt: str = "JPEG", size=(48, 36), exif_rotate: bool = False) -> None:

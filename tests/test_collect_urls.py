@@ -23,8 +23,8 @@ from PIL import Image
 from conftest import ROOT, run_stage, tiny_config
 from facecaption import workflow as W
 from facecaption.collect import urls as U
-from facecaption.collect.optout import OptOut, url_sha256
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.core.optout import OptOut, url_sha256
+from facecaption.core.shards import iter_samples, read_parquet
 
 
 def make_image(n: int, fmt: str = "JPEG", size: tuple[int, int] | None = None) -> bytes:

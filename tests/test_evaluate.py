@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from conftest import run_stage, tiny_config
-from facecaption import config as fc_config
+from facecaption.core import config as fc_config
 from facecaption.evaluate import data as D
 from facecaption.evaluate import metrics as M
 from facecaption.evaluate import probe as P
 from facecaption.evaluate.data import EvaluateInputError
-from facecaption.shards import ShardWriter, iter_samples, read_parquet
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -209,7 +209,7 @@ def test_csv_image_outside_the_folder_is_refused(tmp_path, name):
 def test_dataset_subpaths_stay_inside_the_dataset_folder(key):
     from conftest import tiny_config
 
-    from facecaption.config import ConfigError
+    from facecaption.core.config import ConfigError
 
     spec = {"name": "c", "format": "celeba", "path": "/data/celeba", key: "../elsewhere"}
     with pytest.raises(ConfigError, match=rf"evaluate.datasets.0.{key}: \"../elsewhere\" is not allowed; allowed: .* inside path"):
@@ -242,7 +242,7 @@ def make_stage_inputs(root: Path) -> dict:
             with ShardWriter(f"results/captions/{shard}.tar") as w:
                 for _, row in part.iterrows():
                     w.write({"__key__": row["key"], "jpg": images[row["key"]], "txt": _caption(row)})
-        from facecaption.train import model as tm
+        from facecaption.core import openclip as tm
 
         arch = tm.arch_for(cfg["train"]["arch"], cfg["align"]["size"])
         model, _ = tm.create(arch, seed=1)
@@ -357,8 +357,8 @@ def rendered(tmp_path_factory):
 
 def test_celeba_with_landmarks_is_aligned_like_the_labeled_set(rendered):
     from facecaption.evaluate.encoders import open_image
-    from facecaption.faces.align import align
-    from facecaption.labeled.celeba import read_landmarks
+    from facecaption.core.align import align
+    from facecaption.core.celeba_files import read_landmarks
 
     root, truth = rendered
     path = root / "data" / "celeba"
@@ -388,7 +388,7 @@ def test_celeba_with_landmarks_is_aligned_like_the_labeled_set(rendered):
 
 
 def _overlays():
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
 
     return fc_config.load([ROOT / "config.yaml", ROOT / "config" / "celeba.yaml", ROOT / "config" / "lfwa.yaml"])
 
@@ -404,14 +404,14 @@ def test_shipped_overlays_combine(rendered, monkeypatch):
         ds = D.read_dataset(spec, cfg["seed"], cfg["align"])
         assert all(n > 0 for n in ds.sizes().values())
     # each overlay alone passes too
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
 
     for overlay in ("celeba.yaml", "lfwa.yaml"):
         D.check_datasets(fc_config.load([ROOT / "config.yaml", ROOT / "config" / overlay]))
 
 
 def _check(cfg) -> str:
-    from facecaption.config import ConfigError
+    from facecaption.core.config import ConfigError
 
     with pytest.raises(ConfigError) as exc:
         D.check_datasets(cfg)

@@ -15,10 +15,10 @@ from PIL import Image
 
 from conftest import run_stage, tiny_config
 from facecaption.faces import judge_faces
-from facecaption.faces.align import template
+from facecaption.core.align import template
 from facecaption.faces.decode import decode_image
 from facecaption.faces.detect import CenterFaceDetector, Face
-from facecaption.shards import ShardWriter, iter_samples, read_parquet, write_parquet
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 
 INSIGHTFACE_IMAGES = Path(__import__("insightface").__file__).parent / "data" / "images"
 
@@ -338,7 +338,7 @@ def test_real_photos_are_found_and_aligned(workdir):
 def test_paper_overlay_validates():
     import yaml
 
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = fc_config.load([root / "config.yaml", root / "config/laion-face.yaml"])

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_stage, tiny_config
 from facecaption.faces.detect import InsightFaceDetector, ModelMissing, find_insightface_model
-from facecaption.shards import read_parquet
+from facecaption.core.shards import read_parquet
 
 K = 64  # the fake detector "finds" bright K×K squares (in detector-input pixels)
 STRIDES = (8, 16, 32)

@@ -1,4 +1,4 @@
-"""facecaption.imageio.to_rgb: every PIL mode becomes 8-bit RGB with the picture kept — 16-bit, 32-bit and
+"""facecaption.core.imageio.to_rgb: every PIL mode becomes 8-bit RGB with the picture kept — 16-bit, 32-bit and
 float gray scaled (not clipped to white), transparency composited onto white, 48/64-bit PNGs, CMYK,
 bilevel — checked on real encoded files where a format carries the mode, through the faces stage's
 decoder too."""
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from facecaption.faces.decode import decode_image
-from facecaption.imageio import to_rgb, to_rgb_array
+from facecaption.core.imageio import to_rgb, to_rgb_array
 
 
 def reference() -> np.ndarray:

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_stage, tiny_config
-from facecaption.faces.align import align, similarity, template, transform_points
-from facecaption.labeled import celeba as C
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.core.align import align, similarity, template, transform_points
+from facecaption.core import celeba_files as C
+from facecaption.core.shards import iter_samples, read_parquet
 from facecaption.synthface.formats import write_celeba
 
 SIZE, SCALE = 112, 0.6  # the embedded default's align section

@@ -20,9 +20,10 @@ import yaml
 
 from conftest import ROOT, run_stage, tiny_config
 from facecaption import preflight as P
-from facecaption.config import ConfigError
+from facecaption.core import devices as D
+from facecaption.core.config import ConfigError
 from facecaption.faces.detect import InsightFaceDetector, ModelMissing
-from facecaption.shards import read_parquet
+from facecaption.core.shards import read_parquet
 from test_faces_insightface import _ins, fake_scrfd, square_image
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -32,7 +33,7 @@ GPU_FACES = {"detector": "insightface", "insightface": {"device": "cuda"}}
 @pytest.fixture(scope="module")
 def ort_problem():
     """Why onnxruntime cannot run on CUDA here (the child-process probe that Snakemake's check uses)."""
-    problem = P.onnxruntime_cuda_problem(probe=True)
+    problem = D.onnxruntime_cuda_problem(probe=True)
     if problem is None:
         pytest.skip("onnxruntime runs on CUDA on this machine")
     return problem
@@ -40,7 +41,7 @@ def ort_problem():
 
 @pytest.fixture(scope="module")
 def torch_problem():
-    problem = P.torch_cuda_problem()
+    problem = D.torch_cuda_problem()
     if problem is None:
         pytest.skip("torch finds a CUDA device on this machine")
     return problem
@@ -69,7 +70,7 @@ def test_faces_device_cuda_without_cuda_stops_naming_the_key(ort_problem):
     assert ort_problem in msg
     # the fixes: the CPU, the fallback key, and (no GPU runtime) the GPU runtime's exact pins
     assert msg.endswith("; or set faces.insightface.device: cpu, or faces.insightface.cuda_fallback: cpu")
-    if P.onnxruntime_build_problem():  # this machine's locked environment: onnxruntime 1.32.0, CPU-only
+    if D.onnxruntime_build_problem():  # this machine's locked environment: onnxruntime 1.32.0, CPU-only
         import onnxruntime
 
         assert f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (a CPU-only build)" in msg
@@ -81,7 +82,7 @@ def test_faces_cuda_fallback_cpu_warns_in_one_line(ort_problem):
     warnings = P.check_devices(cfg, local=True)
     assert warnings == [f"warning: faces.insightface.device: cuda, but {ort_problem}; the faces stage runs on CPU "
                         "(faces.insightface.cuda_fallback: cpu)"]
-    assert P.faces_device(cfg["faces"]["insightface"]) == ("cpu", warnings[0][len("warning: "):])
+    assert D.faces_device(cfg["faces"]["insightface"]) == ("cpu", warnings[0][len("warning: "):])
 
 
 @pytest.mark.parametrize("faces", [
@@ -108,10 +109,10 @@ def test_train_accelerator_gpu_without_cuda_stops_naming_the_key(torch_problem):
     assert "train.accelerator: auto" in msg
     # the train stage's own check, at its start, says the same
     with pytest.raises(ConfigError) as again:
-        P.require_cuda_for_train(cfg)
+        D.require_cuda_for_train(cfg)
     assert str(again.value) == msg
     for acc in ("auto", "cpu"):
-        P.require_cuda_for_train(tiny_config(train={"accelerator": acc}))
+        D.require_cuda_for_train(tiny_config(train={"accelerator": acc}))
 
 
 def test_resources_gpus_for_a_local_run_without_cuda_stops_naming_the_key(torch_problem):
@@ -126,16 +127,16 @@ def test_resources_gpus_for_a_local_run_without_cuda_stops_naming_the_key(torch_
 
 def test_the_fix_fits_the_problem():
     """No GPU runtime, or a CUDA library missing: install it; the runtime there but no GPU: go where one is."""
-    assert P.GPU_INSTALL in P.faces_fix("onnxruntime 1.32.0 has no CUDAExecutionProvider (a CPU-only build)")
-    assert P.GPU_INSTALL in P.faces_fix("onnxruntime 1.31.1 could not start CUDA here: a CUDA library cannot be "
+    assert D.GPU_INSTALL in D.faces_fix("onnxruntime 1.32.0 has no CUDAExecutionProvider (a CPU-only build)")
+    assert D.GPU_INSTALL in D.faces_fix("onnxruntime 1.31.1 could not start CUDA here: a CUDA library cannot be "
                                         "loaded (libcurand.so.10: cannot open shared object file)")
     for why in ("no NVIDIA driver on this machine (libcuda.so.1 not found)", "the NVIDIA driver sees no GPU"):
-        fix = P.faces_fix(f"onnxruntime 1.31.1 could not start CUDA here: {why}")
-        assert P.GPU_INSTALL not in fix and fix.startswith("run it where a GPU is visible")
+        fix = D.faces_fix(f"onnxruntime 1.31.1 could not start CUDA here: {why}")
+        assert D.GPU_INSTALL not in fix and fix.startswith("run it where a GPU is visible")
 
 
 def test_probe_command_reports_why_in_its_last_line(ort_problem):
-    proc = subprocess.run([sys.executable, "-m", "facecaption.preflight", "--probe-onnxruntime-cuda"],
+    proc = subprocess.run([sys.executable, "-m", "facecaption.core.devices", "--probe-onnxruntime-cuda"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stdout.strip() == ort_problem
@@ -154,7 +155,7 @@ def test_faces_stage_with_device_cuda_stops_at_its_start_with_the_one_line(workd
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1, err
     assert err[0].startswith("config error: faces.insightface.device: cuda, but ")
-    assert ort_problem in err[0] and P.faces_fix(ort_problem) in err[0]
+    assert ort_problem in err[0] and D.faces_fix(ort_problem) in err[0]
     assert not (workdir / "results/faces/00000.parquet").exists()
     with pytest.raises(ModelMissing, match="faces.insightface.device: cuda"):
         InsightFaceDetector(_ins(fake_model, device="cuda"))
@@ -235,7 +236,7 @@ def test_a_job_started_without_the_early_check_fails_at_its_start_with_the_one_l
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Error in rule faces" in proc.stderr and (repo / "results/collect/00000.tar").exists()
     log = (repo / "logs/faces/00000.log").read_text().splitlines()
-    assert log == [f"config error: faces.insightface.device: cuda, but {ort_problem}; {P.faces_fix(ort_problem)}"]
+    assert log == [f"config error: faces.insightface.device: cuda, but {ort_problem}; {D.faces_fix(ort_problem)}"]
     assert not (repo / "results/faces/00000.tar").exists()
 
 
@@ -277,7 +278,7 @@ def test_jobs_run_here_reads_how_snakemake_runs(tmp_path):
 def test_gpu_runtime_pins_agree_everywhere():
     """preflight.GPU_PINS = requirements-gpu.lock = pyproject's [gpu] extra = what envs/facecaption-gpu.yaml adds
     to requirements.lock and what its post-deploy script reinstalls; libcurand at cuda-toolkit's version."""
-    pins = list(P.GPU_PINS)
+    pins = list(D.GPU_PINS)
     lock = [ln.strip() for ln in (ROOT / "requirements-gpu.lock").read_text().splitlines()
             if ln.strip() and not ln.startswith("#")]
     assert lock == pins
@@ -289,7 +290,7 @@ def test_gpu_runtime_pins_agree_everywhere():
     assert pip == cpu + pins and "python=3.11" in env["dependencies"]
     post = (ROOT / "envs/facecaption-gpu.post-deploy.sh").read_text()
     assert f"pip install --force-reinstall --no-deps {' '.join(pins)}" in post
-    assert P.GPU_INSTALL == f"pip install --force-reinstall --no-deps {' '.join(pins)}"
+    assert D.GPU_INSTALL == f"pip install --force-reinstall --no-deps {' '.join(pins)}"
     # the CPU runtime it replaces is the one requirements.lock pins
     assert "onnxruntime==1.32.0" in cpu
     # torch's CUDA libraries come from cuda-toolkit; libcurand must be that toolkit's

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from facecaption.quality import image as qimg
-from facecaption.quality import sketch, text as qtext
+from facecaption.core import sketch
+from facecaption.quality import text as qtext
 from facecaption.quality.relevance import relevance
-from facecaption.shards import ShardWriter, encode_jpeg, read_parquet, write_parquet
+from facecaption.core.shards import ShardWriter, encode_jpeg, read_parquet, write_parquet
 
 from conftest import run_stage, tiny_config
 
@@ -159,7 +160,7 @@ def test_relevance_rank1():
 def build_inputs(shards=("00000", "00001"), per_shard=24, crop=64, seed=0):
     """Captions/collect/faces/attributes shards as the upstream stages write them; every 4th image blurred.
     Shard 00000 gets one unreadable face image and one empty caption."""
-    from facecaption.faces.align import align
+    from facecaption.core.align import align
     from facecaption.synthface.render import render_image
 
     rng = np.random.default_rng(seed)

@@ -70,7 +70,7 @@ def test_stage_with_clip_and_flip(workdir, tiny_clip, monkeypatch):
     cfg = tiny_config(quality={"clip": tiny_clip, "brisque": False,
                                "relevance": {"pairs": 12, "candidates": 4}})
     cfg["train"] = {"arch": "fc-tiny-clip"}  # the train section's schema belongs to the train stage
-    from facecaption import config as fc_config
+    from facecaption.core import config as fc_config
 
     if "train" not in fc_config.schema()["properties"]:
         monkeypatch.setattr("facecaption.cli.cfgmod.validate", lambda c: c)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from support.repo import ROOT, copy_repo, snakemake
 
-from facecaption import config as fc_config
+from facecaption.core import config as fc_config
 
 PAPER, REHEARSAL = "config/paper.yaml", "tests/config.rehearsal.yaml"
 ALLOWED = {
@@ -97,7 +97,7 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     from support.llm import FakeLLM
 
     from facecaption.synthface.formats import write_celeba, write_lfwa
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     repo = copy_repo(tmp_path / "repo")
     crawl, llm = LoopbackCrawl(n_images=44), FakeLLM()

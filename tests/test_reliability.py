@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support.repo import BIN, ROOT, TEST_CONFIG, assert_same_artifacts, copy_repo, env, snakemake
 
-from facecaption.shards import read_parquet
+from facecaption.core.shards import read_parquet
 
 SRC = ROOT / "src" / "facecaption"
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from facecaption import config as fc_config
+from facecaption.core import config as fc_config
 from facecaption import workflow as W
 from facecaption.cli import main
 
@@ -117,7 +117,7 @@ def test_conda_env_installs_the_lock_pins():
 
 
 def test_a_killed_writers_temporary_file_is_cleaned_on_rewrite(tmp_path):
-    from facecaption.shards import ShardWriter
+    from facecaption.core.shards import ShardWriter
 
     out = tmp_path / "00000.tar"
     stale = tmp_path / ".00000.tar.tmp-99999"  # what a SIGKILLed writer leaves behind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facecaption.celeba import ATTRIBUTES
+from facecaption.core.celeba import ATTRIBUTES
 from facecaption.synthface import (DEGRADATIONS, DRAWABLE, render_aligned, render_face, render_image,
                                    sample_attributes, sample_identity)
 

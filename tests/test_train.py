@@ -14,7 +14,7 @@ import torch
 
 from conftest import run_stage, tiny_config
 from facecaption import workflow as W
-from facecaption.shards import ShardWriter, encode_jpeg
+from facecaption.core.shards import ShardWriter, encode_jpeg
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40),
            "purple": (150, 40, 180), "white": (240, 240, 240), "black": (15, 15, 15), "orange": (240, 140, 20)}
@@ -73,7 +73,7 @@ def test_loss_falls_and_export_roundtrips(workdir):
     import open_clip
     from PIL import Image
 
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     cfg = tiny_train_cfg(max_steps=16)
     write_shards(bad=True)
@@ -136,7 +136,7 @@ assert not [m for m in sys.modules if m.startswith("facecaption")], "facecaption
 @pytest.mark.slow
 def test_kill_and_resume_gives_same_weights(workdir):
     from facecaption.train import SimulatedKill, train
-    from facecaption.train.model import read_checkpoint
+    from facecaption.core.openclip import read_checkpoint
 
     write_shards()
     shards = W.stage_deps("train", tiny_train_cfg())
@@ -183,7 +183,7 @@ def test_missing_init_weights_is_one_line(workdir, capsys):
 
 
 def test_baseline_loader_is_fixed():
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
 
     m1, _, _ = M.load(None, "FLIP-Tiny", image_size=SIZE)
     m2, _, _ = M.load(None, "FLIP-Tiny", image_size=SIZE)

@@ -27,7 +27,7 @@ from support.ddp import SITECUSTOMIZE, gathered_loss
 from support.repo import BIN, env
 from test_train import tiny_train_cfg, write_shards
 
-from facecaption.train.model import read_checkpoint
+from facecaption.core.openclip import read_checkpoint
 from facecaption.train.system import contrastive_loss
 
 
@@ -64,7 +64,7 @@ def test_every_sample_once_per_pass_across_ranks_and_workers(workdir, n_shards, 
     from torch.utils.data import DataLoader
 
     from facecaption.train.data import CaptionStream
-    from facecaption.train.model import create
+    from facecaption.core.openclip import create
     from open_clip import get_tokenizer
 
     shards = write_shards(n_shards=n_shards, per_shard=per_shard)

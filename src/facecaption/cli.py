@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from facecaption import config as cfgmod
+from facecaption.core import config as cfgmod
 
 # stage name -> "module:function"; each function takes (cfg: dict, args: argparse.Namespace)
 COMMANDS: dict[str, str] = {

@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from facecaption import reference
+from facecaption.core import reference
 from facecaption import workflow as W
-from facecaption.report import Report
+from facecaption.core.report import Report
 
 BENCH = Path("benchmarks/results")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import typst
 
 from facecaption import workflow as W
-from facecaption.report import latex_table
+from facecaption.core.report import latex_table
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           code=(f"{PKG}/faces",), help="detect, filter and align faces"),
     _report("faces", deps=(f"{R}/faces/{ALL}.parquet", f"{R}/faces/{ALL}.records.parquet",
                            f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet",
-                           # the record accounting (facecaption.accounting) follows records to the captions
+                           # the record accounting (facecaption.faces.accounting) follows records to the captions
                            f"{R}/attributes/{ALL}.parquet", f"{R}/captions/{ALL}.parquet"),
             params=("faces",), code=("faces", "accounting.py"), help="face funnel, record accounting, detection audit"),
     # -- attributes ----------------------------------------------------------------------------------------

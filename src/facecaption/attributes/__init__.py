@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from facecaption import workflow as W
-from facecaption.shards import atomic_path, iter_samples, read_parquet, write_parquet
+from facecaption.core.shards import atomic_path, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

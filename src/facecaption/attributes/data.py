@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from facecaption.celeba import ATTRIBUTES
-from facecaption.shards import iter_samples, read_parquet
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.reasons import plain
+from facecaption.core.shards import iter_samples, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def labeled_attributes(df: pd.DataFrame, path: str) -> list[str]:
     unknown = [c for c in cols if c not in ATTRIBUTES]
     if unknown:
         raise AttributeDataError(f"{path}: unknown attribute column {unknown[0]!r}; known: the 40 CelebA names "
-                                 "(facecaption.celeba.ATTRIBUTES)")
+                                 "(facecaption.core.celeba.ATTRIBUTES)")
     if not cols:
         raise AttributeDataError(f"{path}: no attribute columns")
     for c in cols:
@@ -56,7 +57,7 @@ def labeled_attributes(df: pd.DataFrame, path: str) -> list[str]:
             raise AttributeDataError(f"{path}: attribute column {c!r} is empty (all null)")
         bad = values.dropna()[~values.dropna().isin([0, 1])]
         if len(bad):
-            raise AttributeDataError(f"{path}: attribute column {c!r} holds {_plain(bad.iloc[0])!r}; expected 0 or 1")
+            raise AttributeDataError(f"{path}: attribute column {c!r} holds {plain(bad.iloc[0])!r}; expected 0 or 1")
     return [a for a in ATTRIBUTES if a in cols]
 
 
@@ -109,8 +110,3 @@ class StreamingLabeled(torch.utils.data.IterableDataset):
     def _item(self, item):
         jpg, y = item
         return torch.from_numpy(decode(jpg, self.size)).permute(2, 0, 1).contiguous(), torch.from_numpy(y)
-
-
-def _plain(value):
-    """numpy scalars as plain Python values (for messages)."""
-    return value.item() if hasattr(value, "item") else value

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facecaption import reference
+from facecaption.core import reference
 from facecaption import workflow as W
-from facecaption.attributes.truth import truth_labels
-from facecaption.report import Report, by_shard, read_columns, setup_plotting
+from facecaption.synthface.truth import truth_labels
+from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
 
 
 def audit_counts(attrs_df: pd.DataFrame, faces: pd.DataFrame, truth: pd.DataFrame, attrs: list[str]) -> dict | None:
@@ -134,8 +134,8 @@ def first_images(tars: list[str], n: int) -> list:
 
     from PIL import Image
 
-    from facecaption.imageio import to_rgb
-    from facecaption.shards import iter_samples
+    from facecaption.core.imageio import to_rgb
+    from facecaption.core.shards import iter_samples
 
     out = []
     for tar in tars:

@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from facecaption import rng as rngmod
+from facecaption.core import rng as rngmod
 from facecaption import workflow as W
-from facecaption.celeba import ATTRIBUTES
-from facecaption.attributes.data import _plain
-from facecaption.shards import ShardWriter, iter_samples, read_parquet, write_parquet
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.reasons import plain as _plain
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def label_columns(df: pd.DataFrame, path: str) -> list[str]:
         name = col[2:] if col.startswith("p_") else col
         if name not in ATTRIBUTES:
             raise CaptionInputError(f"{path}: unknown attribute column {col!r}; known: the 40 CelebA names "
-                                    "(facecaption.celeba.ATTRIBUTES), as <Attr> and p_<Attr>")
+                                    "(facecaption.core.celeba.ATTRIBUTES), as <Attr> and p_<Attr>")
         if col.startswith("p_"):
             continue
         values = df[col]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from facecaption.celeba import ATTRIBUTES, GROUPS
+from facecaption.core.celeba import ATTRIBUTES, GROUPS
 
 GENDERS = ("male", "female", "person")
 _NT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from facecaption import workflow as W
-from facecaption.attributes.truth import truth_labels
-from facecaption.celeba import ATTRIBUTES
-from facecaption.quality.sketch import Distinct, hash_values
-from facecaption.report import Report, by_shard, read_columns, setup_plotting, shard_of
-from facecaption.shards import iter_samples
+from facecaption.synthface.truth import truth_labels
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.sketch import Distinct, hash_values
+from facecaption.core.report import Report, by_shard, read_columns, setup_plotting, shard_of
+from facecaption.core.shards import iter_samples
 
 
 def parse_stated(items) -> list[tuple[str, int]]:

@@ -10,25 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from facecaption.config import ConfigError
-
-
-# -- real sources (urls, folder): input checks shared by collect.urls, collect.folder, collect.optout ----------
-class SourceError(ConfigError):
-    """A source input problem (missing file, bad column), as one line naming the config key and the path."""
-
-
-def require_path(path, key: str, kind: str = "file") -> Path:
-    """``path`` (``~`` expanded) if it exists, else stop with one line naming the config key and the path."""
-    if path is None or str(path) == "":
-        raise SourceError(f"config error: {key}: not set; give the {kind} to read")
-    p = Path(str(path)).expanduser()
-    if not p.exists():
-        raise SourceError(f"config error: {key}: {p} does not exist")
-    return p
-# ---------------------------------------------------------------------------------------------------------------
+from facecaption.core.config import SourceError, require_path  # noqa: F401 (the sources' input checks)
 
 
 def run(cfg: dict, args: argparse.Namespace) -> int:

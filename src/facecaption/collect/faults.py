@@ -25,8 +25,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from facecaption import rng as rngmod
-from facecaption.shards import atomic_path, encode_jpeg
+from facecaption.core import rng as rngmod
+from facecaption.core.shards import atomic_path, encode_jpeg
 
 # per-shard counts, in the order indices are drawn (changing the order changes which samples are hit)
 COUNTS = ("truncated_jpeg", "zero_byte", "not_image", "empty_caption", "duplicate_key")

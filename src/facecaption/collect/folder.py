@@ -8,7 +8,7 @@ and therefore every shard — is the same on every machine. Shard ``i`` holds im
 An optional CSV (``folder.csv``) adds a caption and any attribute columns; its ``key_column`` names the image
 by relative path, file name or file name without extension (the latter two only where unique). JPEG files
 are kept byte for byte (unless ``reencode`` or an EXIF rotation), other formats become JPEG (any mode, 16-bit
-and float gray or alpha included, through :func:`facecaption.imageio.to_rgb`). Unreadable files,
+and float gray or alpha included, through :func:`facecaption.core.imageio.to_rgb`). Unreadable files,
 files over ``max_bytes`` and images over ``max_pixels`` get a status row and stay out of the tar.
 The sample URL is ``folder://<relative path>`` (opt-out entries can name single files that way).
 """
@@ -27,7 +27,7 @@ import pandas as pd
 
 from facecaption import workflow as W
 from facecaption.collect import SourceError, require_path
-from facecaption.collect.optout import OptOut
+from facecaption.core.optout import OptOut
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
     """(jpeg bytes, width, height, status, error) for one file."""
     from PIL import Image, ImageOps  # noqa: PLC0415
 
-    from facecaption.shards import encode_jpeg  # noqa: PLC0415
+    from facecaption.core.shards import encode_jpeg  # noqa: PLC0415
 
     size = path.stat().st_size
     if size > fcfg["max_bytes"]:
@@ -148,7 +148,7 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
                 return data, w, h, "success", None
             import numpy as np  # noqa: PLC0415
 
-            from facecaption.imageio import to_rgb  # noqa: PLC0415
+            from facecaption.core.imageio import to_rgb  # noqa: PLC0415
 
             rgb = to_rgb(ImageOps.exif_transpose(im))  # 16-bit/float gray scaled, alpha on white: picture kept
             return encode_jpeg(np.asarray(rgb), quality=95), rgb.width, rgb.height, "success", None
@@ -160,7 +160,7 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
 
 def collect_shard(cfg: dict, shard: str) -> None:
     from facecaption.collect.urls import _jsonable, empty_truth  # noqa: PLC0415
-    from facecaption.shards import ShardWriter, write_parquet  # noqa: PLC0415
+    from facecaption.core.shards import ShardWriter, write_parquet  # noqa: PLC0415
 
     fcfg = cfg["folder"]
     tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from facecaption import workflow as W
-from facecaption.quality.sketch import Distinct
-from facecaption.report import Report, by_shard, read_columns, setup_plotting, shard_of
-from facecaption.shards import iter_samples
+from facecaption.core.sketch import Distinct
+from facecaption.core.report import Report, by_shard, read_columns, setup_plotting, shard_of
+from facecaption.core.shards import iter_samples
 
 
 def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6, cell: int = 160) -> Image.Image:

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from facecaption import rng as rngmod
+from facecaption.core import rng as rngmod
 from facecaption import workflow as W
 from facecaption.collect.faults import Injector
-from facecaption.shards import ShardWriter, encode_jpeg, write_parquet
+from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet
 from facecaption.synthface.render import DRAWABLE, render_image, sample_identity
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 
 from facecaption import workflow as W
 from facecaption.collect import SourceError, require_path
-from facecaption.collect.optout import OptOut
+from facecaption.core.optout import OptOut
 
 log = logging.getLogger(__name__)
 
@@ -681,7 +681,7 @@ def empty_truth() -> pd.DataFrame:
 
 
 def _chunk_results(i2d: Path, chunk: int) -> tuple[pd.DataFrame, dict[str, bytes]]:
-    from facecaption.shards import iter_samples  # noqa: PLC0415 (webdataset is slow to import)
+    from facecaption.core.shards import iter_samples  # noqa: PLC0415 (webdataset is slow to import)
     name = f"{chunk:05d}"
     meta = pq.read_table(i2d / f"{name}.parquet").to_pandas()
     ok_keys = set(meta.loc[meta["status"] == "success", "key"])
@@ -696,7 +696,7 @@ def _chunk_results(i2d: Path, chunk: int) -> tuple[pd.DataFrame, dict[str, bytes
 
 
 def collect_shard(cfg: dict, shard: str) -> None:
-    from facecaption.shards import ShardWriter, write_parquet  # noqa: PLC0415
+    from facecaption.core.shards import ShardWriter, write_parquet  # noqa: PLC0415
 
     ucfg = cfg["urls"]
     tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)

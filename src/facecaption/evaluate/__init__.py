@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facecaption import reference as ref
-from facecaption import rng as rngmod
+from facecaption.core import reference as ref
+from facecaption.core import rng as rngmod
 from facecaption import workflow as W
 from facecaption.evaluate import data as D
 from facecaption.evaluate import encoders as E
@@ -263,7 +263,7 @@ def retrieval_table(s: dict, n_faces: int) -> tuple[list, list, list[int]]:
 
 
 def per_attribute_figure(report, s: dict, ds_name: str, frac: str):
-    from facecaption.report import setup_plotting  # noqa: PLC0415
+    from facecaption.core.report import setup_plotting  # noqa: PLC0415
 
     plt, sns = setup_plotting()
     records = [{"model": m, "attribute": a, "accuracy": v}
@@ -286,7 +286,7 @@ def per_attribute_figure(report, s: dict, ds_name: str, frac: str):
 
 
 def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
-    from facecaption.report import Report  # noqa: PLC0415
+    from facecaption.core.report import Report  # noqa: PLC0415
 
     ev = cfg["evaluate"]
     fracs = all_fractions(cfg, sets)

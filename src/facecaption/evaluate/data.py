@@ -11,7 +11,7 @@
 
 Problems stop with :class:`EvaluateInputError`, one line naming the file (and line). Before any job runs,
 :func:`check_datasets` stops a config whose dataset names clash or whose folders or files are missing, with
-a :class:`~facecaption.config.ConfigError` naming the key.
+a :class:`~facecaption.core.config.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facecaption import rng as rngmod
-from facecaption.config import ConfigError
-from facecaption.labeled.celeba import CelebAFormatError, read_attributes, read_landmarks
-from facecaption.shards import encode_jpeg, iter_samples, leaves_folder, read_parquet
+from facecaption.core import rng as rngmod
+from facecaption.core.config import ConfigError
+from facecaption.core.celeba_files import CelebAFormatError, read_attributes, read_landmarks
+from facecaption.core.shards import encode_jpeg, iter_samples, leaves_folder, read_parquet
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"0": "train", "1": "val", "2": "test"}
@@ -166,7 +166,7 @@ FOLDER_DEFAULTS = {"celeba": ("img_align_celeba", "list_attr_celeba.txt", "list_
 def _align_params(align: dict | None) -> tuple[int, float]:
     """(size, scale) of ``align`` (the config section), or the schema's defaults."""
     if align is None:
-        from facecaption.config import schema
+        from facecaption.core.config import schema
 
         props = schema()["properties"]["align"]["properties"]
         align = {k: v["default"] for k, v in props.items()}
@@ -177,7 +177,7 @@ def _aligned_jpeg(path: Path, points: np.ndarray, size: int, scale: float) -> by
     """The image aligned with the faces stage's function and template, as the labeled set stores it."""
     from PIL import Image
 
-    from facecaption.faces.align import align as align_face
+    from facecaption.core.align import align as align_face
 
     with Image.open(path) as im:
         crop, _ = align_face(np.asarray(im.convert("RGB")), points, size, scale)

@@ -1,9 +1,8 @@
 """Frozen encoders: load a model and turn images and texts into L2-normalised feature arrays.
 
 Everything that touches a model goes through :func:`load` and :func:`image_features` /
-:func:`text_features`. They use the train stage's helpers (``facecaption.train.model``: it registers the
-embedded run's tiny architecture and knows how FLIP checkpoints are stored) and fall back to plain
-open_clip when that module is not installed.
+:func:`text_features`, on the core's one open_clip loader (:mod:`facecaption.core.openclip`: it registers the
+embedded run's tiny architecture and knows how FLIP checkpoints are stored).
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from facecaption.core import openclip as oc
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +31,9 @@ class Encoder:
     tokenizer: object
 
 
-def _train_helpers():
-    try:
-        from facecaption.train import model as tm  # noqa: PLC0415
-    except ImportError:
-        return None
-    return tm if hasattr(tm, "load") else None
-
-
-def _open_clip_load(checkpoint: str | None, arch: str, device: str = "cpu", seed: int = 0):
-    import open_clip  # noqa: PLC0415
-
-    torch.manual_seed(seed)  # random init is reproducible
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=checkpoint, device=device)
-    model.eval()
-    return model, preprocess, open_clip.get_tokenizer(arch)
-
-
 def load(name: str, arch: str, checkpoint: str | None, device: str = "cpu") -> Encoder:
     """``checkpoint`` None = the architecture with random weights (fixed seed): the random baseline."""
-    tm = _train_helpers()
-    loader = tm.load if tm is not None else _open_clip_load
-    model, preprocess, tokenizer = loader(checkpoint, arch, device=device)
+    model, preprocess, tokenizer = oc.load(checkpoint, arch, device=device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -62,17 +44,12 @@ def checkpoint_arch(checkpoint: str, fallback: str) -> str:
     """The architecture a train-stage checkpoint records (registered in this process), else ``fallback``.
 
     The random baseline uses it, so it has exactly FLIP's architecture (e.g. a derived image size)."""
-    tm = _train_helpers()
-    if tm is None or not hasattr(tm, "read_checkpoint"):
-        return fallback
-    meta = tm.read_checkpoint(checkpoint).get("facecaption", {})
+    meta = oc.read_checkpoint(checkpoint).get("facecaption", {})
     arch = meta.get("arch")
     if not arch:
         return fallback
-    import open_clip  # noqa: PLC0415
-
-    if open_clip.get_model_config(arch) is None and meta.get("model_cfg") and hasattr(tm, "register_config"):
-        tm.register_config(arch, meta["model_cfg"])
+    if oc.open_clip.get_model_config(arch) is None and meta.get("model_cfg"):
+        oc.register_config(arch, meta["model_cfg"])
     return arch
 
 
@@ -131,11 +108,10 @@ class _BlockPool:
 def image_features(enc: Encoder, sources: list, batch: int = 64, pooled_blocks: int = 0) -> np.ndarray:
     """L2-normalised image embeddings (n, d); with ``pooled_blocks`` > 0 the mean-pooled tokens of the last
     blocks (normalised) are appended, as the authors' probe did."""
-    tm = _train_helpers()
-    if tm is not None and hasattr(tm, "encode_images") and not pooled_blocks:
+    if not pooled_blocks:
         out = []
         for i in range(0, len(sources), batch):
-            out.append(np.asarray(tm.encode_images(enc.model, enc.preprocess,
+            out.append(np.asarray(oc.encode_images(enc.model, enc.preprocess,
                                                    [open_image(s) for s in sources[i:i + batch]], batch)))
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
     pool = _BlockPool(enc.model, pooled_blocks) if pooled_blocks else None
@@ -156,12 +132,4 @@ def image_features(enc: Encoder, sources: list, batch: int = 64, pooled_blocks: 
 
 @torch.no_grad()
 def text_features(enc: Encoder, texts: list[str], batch: int = 64) -> np.ndarray:
-    tm = _train_helpers()
-    if tm is not None and hasattr(tm, "encode_texts"):
-        return np.asarray(tm.encode_texts(enc.model, enc.tokenizer, list(texts), batch)).astype(np.float32)
-    dev = _device(enc.model)
-    out = []
-    for i in range(0, len(texts), batch):
-        tokens = enc.tokenizer(list(texts[i:i + batch])).to(dev)
-        out.append(torch.nn.functional.normalize(enc.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    return np.asarray(oc.encode_texts(enc.model, enc.tokenizer, list(texts), batch)).astype(np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from facecaption import rng as rngmod
+from facecaption.core import rng as rngmod
 from facecaption.evaluate.metrics import accuracy_per_column
 
 

@@ -24,11 +24,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from facecaption import workflow as W
-from facecaption.collect.optout import OptOut
-from facecaption.faces.align import align, template, transform_points
+from facecaption.core.optout import OptOut
+from facecaption.core.align import align, template, transform_points
 from facecaption.faces.decode import decode_image
 from facecaption.faces.detect import Face, ModelMissing, make_detector
-from facecaption.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
+from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facecaption.imageio import to_rgb
+from facecaption.core.imageio import to_rgb
 
-# reasons (the prefix before ":" is the category counted in reports)
-EMPTY = "empty_file"
-NOT_IMAGE = "not_an_image"
-BOMB = "decompression_bomb"
-CORRUPT = "corrupt_image"
-TOO_SMALL = "image_too_small"
+from facecaption.core.reasons import ImageReason, category  # noqa: F401 (category: the reports' grouping)
+
+# the reasons as plain strings, for f-strings (the prefix before ":" is the category counted in reports)
+EMPTY, NOT_IMAGE, BOMB, CORRUPT, TOO_SMALL = (r.value for r in ImageReason)
 
 
 def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int = 1
@@ -47,7 +45,7 @@ def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int
                 im = ImageOps.exif_transpose(im) or im
             except Exception:  # noqa: BLE001 - a broken EXIF block costs the rotation, not the image
                 pass
-            rgb = np.asarray(to_rgb(im), dtype=np.uint8)  # any mode, picture kept (facecaption.imageio)
+            rgb = np.asarray(to_rgb(im), dtype=np.uint8)  # any mode, picture kept (facecaption.core.imageio)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"{BOMB}: {exc}"[:200]
     except UnidentifiedImageError:
@@ -63,8 +61,3 @@ def decode_image(data: bytes | None, max_pixels: int = 50_000_000, min_side: int
     if min(rgb.shape[:2]) < min_side:
         return None, f"{TOO_SMALL}: {rgb.shape[1]}x{rgb.shape[0]}"
     return np.ascontiguousarray(rgb), None
-
-
-def category(reason: str | None) -> str:
-    """The reason's category (the part before ':')."""
-    return "" if not reason else reason.split(":", 1)[0]

@@ -141,7 +141,7 @@ class InsightFaceDetector:
 
     ``device: cuda`` runs it on onnxruntime's CUDA provider; where that is missing (a CPU-only onnxruntime, no
     GPU, CUDA libraries not found) it stops with one line, or runs on CPU with one warning line when
-    ``cuda_fallback: cpu`` (see :mod:`facecaption.preflight`). ``self.device`` is the device it runs on.
+    ``cuda_fallback: cpu`` (see :mod:`facecaption.core.devices`). ``self.device`` is the device it runs on.
     """
 
     name = "insightface"
@@ -150,11 +150,11 @@ class InsightFaceDetector:
         import onnxruntime as ort
         from insightface.model_zoo.scrfd import SCRFD
 
-        from facecaption import preflight
-        from facecaption.config import ConfigError
+        from facecaption.core import devices
+        from facecaption.core.config import ConfigError
 
         try:  # the build is checked first, before the model is looked for
-            device, warning = preflight.faces_device(ins, probe=False)
+            device, warning = devices.faces_device(ins, probe=False)
         except ConfigError as exc:
             raise ModelMissing(str(exc)) from None
         if warning:
@@ -163,13 +163,13 @@ class InsightFaceDetector:
         opts = _session_options(threads)
         session = None
         if device == "cuda":
-            preflight.preload_cuda()
-            with preflight.quiet_onnxruntime():
-                session = ort.InferenceSession(path, sess_options=opts, providers=preflight.CUDA_PROVIDERS)
-            problem = preflight.session_cuda_problem(session)
+            devices.preload_cuda()
+            with devices.quiet_onnxruntime():
+                session = ort.InferenceSession(path, sess_options=opts, providers=devices.CUDA_PROVIDERS)
+            problem = devices.session_cuda_problem(session)
             if problem:  # onnxruntime fell back to its CPU provider on its own: say so, or stop
                 try:
-                    device, warning = preflight.faces_fallback(ins, problem)
+                    device, warning = devices.faces_fallback(ins, problem)
                 except ConfigError as exc:
                     raise ModelMissing(str(exc)) from None
                 log.warning(warning)

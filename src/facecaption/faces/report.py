@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from facecaption import accounting, reference
+from facecaption.core import reference
+from facecaption.faces import accounting
 from facecaption import workflow as W
 from facecaption.faces.audit import audit
-from facecaption.faces.decode import category
-from facecaption.report import Report, by_shard, read_columns, setup_plotting
-from facecaption.shards import iter_samples
+from facecaption.core.reasons import category
+from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
+from facecaption.core.shards import iter_samples
 
 
 def funnel(records: pd.DataFrame, min_score: float) -> dict:

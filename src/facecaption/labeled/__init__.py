@@ -22,10 +22,10 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from facecaption import rng as rngmod
+from facecaption.core import rng as rngmod
 from facecaption import workflow as W
-from facecaption.faces.align import align
-from facecaption.shards import ShardWriter, encode_jpeg, write_parquet
+from facecaption.core.align import align
+from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _synthface_split(cfg: dict, split: str):
 
 
 def run(cfg: dict, args: argparse.Namespace) -> int:
-    from facecaption.labeled.celeba import CelebAFormatError
+    from facecaption.core.celeba_files import CelebAFormatError
 
     try:
         return _run(cfg)
@@ -66,7 +66,7 @@ def _run(cfg: dict) -> int:
     outs = W.stage_outs("labeled")
     landmarks = None
     if lab["source"] == "celeba":
-        from facecaption.labeled.celeba import HOW_TO_GET, CelebAFormatError, landmarks_path
+        from facecaption.core.celeba_files import HOW_TO_GET, CelebAFormatError, landmarks_path
 
         if not lab.get("celeba_dir"):
             raise CelebAFormatError(f"labeled.celeba_dir is not set; {HOW_TO_GET}")
@@ -77,7 +77,7 @@ def _run(cfg: dict) -> int:
         if lab["source"] == "synthface":
             samples = _synthface_split(cfg, split)
         else:
-            from facecaption.labeled.celeba import iter_split
+            from facecaption.core.celeba_files import iter_split
 
             samples = iter_split(cfg, split, landmarks)
         with ShardWriter(tar_path) as writer:

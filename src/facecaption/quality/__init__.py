@@ -14,7 +14,7 @@ Outputs:
   image, empty caption) is kept for the record and left out of every statistic.
 * ``results/quality/<shard>.ngrams.npz``: per text kind, n = 1..4 and share bucket, the sorted unique 64-bit
   n-gram hashes and n-gram totals, which the report merges into exact-or-HyperLogLog counts (see
-  ``facecaption.quality.sketch``). ``share_bucket`` = hash(key) mod ``quality.share_steps``: a face belongs
+  ``facecaption.core.sketch``). ``share_bucket`` = hash(key) mod ``quality.share_steps``: a face belongs
   to the first k buckets' "k/steps share of the data" independently of shard order.
 """
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from facecaption import workflow as W
 from facecaption.quality import image as qimg
 from facecaption.quality import text as qtext
-from facecaption.shards import atomic_path, iter_samples, read_parquet, write_parquet
+from facecaption.core.shards import atomic_path, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from facecaption import reference
+from facecaption.core import reference
 
 BALANCE_ATTRS = ("Male", "Young", "Eyeglasses", "Smiling", "Pale_Skin")
 

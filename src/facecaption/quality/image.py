@@ -123,40 +123,23 @@ class ClipScorer:
     """An open_clip model from local weights (never downloaded): CLIP-IQA and image/text embeddings."""
 
     def __init__(self, weights: str, arch: str, model_config: str | None = None, batch: int = 32):
-        from pathlib import Path
-
-        import open_clip
         import torch
 
+        from facecaption.core import openclip as oc
+
         if model_config:  # registers an architecture named after the file (stem)
-            open_clip.add_model_config(Path(model_config))
-            if arch not in open_clip.list_models():
-                arch = Path(model_config).stem
+            arch = oc.add_config_file(model_config, arch)
         torch.set_grad_enabled(False)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
+        self._oc = oc
+        self.model, self.preprocess, self.tokenizer = oc.load(weights, arch)
         self.batch = batch
         self._prompts = None
 
     def encode_images(self, images: list) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(images), self.batch):
-            x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch]])
-            f = self.model.encode_image(x)
-            out.append(torch.nn.functional.normalize(f, dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        return self._oc.encode_images(self.model, self.preprocess, images, self.batch)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(texts), self.batch):
-            f = self.model.encode_text(self.tokenizer(texts[i:i + self.batch]))
-            out.append(torch.nn.functional.normalize(f, dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        return self._oc.encode_texts(self.model, self.tokenizer, texts, self.batch)
 
     def clip_iqa(self, images: list) -> np.ndarray:
         if self._prompts is None:

@@ -1,8 +1,9 @@
 """Text–image relevance: cosine similarity of each pair, and how often a caption ranks its own image first.
 
 ``Encoder`` is the one interface both scorers meet: ``encode_images(pil_images)`` and ``encode_texts(texts)``
-returning L2-normalised numpy rows. ``flip_encoder`` wraps the trained FLIP checkpoint through
-``facecaption.train.model``; ``ClipScorer`` (``facecaption.quality.image``) wraps local open_clip weights.
+returning L2-normalised numpy rows. ``flip_encoder`` wraps the trained FLIP checkpoint through the core's
+open_clip loader (:mod:`facecaption.core.openclip`); ``ClipScorer`` (``facecaption.quality.image``) wraps local
+open_clip weights through the same loader.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Encoder(Protocol):
 
 class _Flip:
     def __init__(self, checkpoint: str, arch: str, batch: int):
-        from facecaption.train import model as fm  # provided by the train stage
+        from facecaption.core import openclip as fm
 
         self._fm = fm
         self.model, self.preprocess, self.tokenizer = fm.load(checkpoint, arch, device="cpu")

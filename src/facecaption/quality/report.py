@@ -1,7 +1,7 @@
 """Quality report: Table 1 with this run's measured row, quality histograms, the unique-n-gram curve,
 text–image relevance, the degradation check and the dataset card.
 
-Everything is summarised shard by shard (``facecaption.quality.sketch``): per-face tables are read one
+Everything is summarised shard by shard (``facecaption.core.sketch``): per-face tables are read one
 shard at a time, only the needed columns, into fixed-bin histograms and running moments; n-gram hash sets
 merge into exact-or-HyperLogLog sketches. Memory does not grow with the number of rows beyond the
 sketches, so the same code summarises 15M faces.
@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from facecaption import reference
+from facecaption.core import reference
 from facecaption import workflow as W
 from facecaption.quality import IMAGE_METRICS, TEXT_KINDS
-from facecaption.quality.sketch import Moments, NGramSketch
-from facecaption.report import Report, setup_plotting
-from facecaption.shards import iter_samples
+from facecaption.core.sketch import Moments, NGramSketch
+from facecaption.core.report import Report, setup_plotting
+from facecaption.core.shards import iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _fmt_count(n: int) -> str:
 
 def _relevance_pairs(summ: Summaries, cap_tars: list[str], cap_parquets: list[str]) -> tuple[list, list, list]:
     """Images and captions of the chosen pairs, read only from the shards that hold them."""
-    from facecaption.shards import read_parquet
+    from facecaption.core.shards import read_parquet
 
     chosen = sorted((key, shard) for _, key, shard in summ.candidates)
     by_shard: dict[int, set] = {}

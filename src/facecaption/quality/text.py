@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from facecaption.quality.sketch import splitmix64
+from facecaption.core.sketch import splitmix64
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 SENTENCE_END = re.compile(r"[.!?]+(?:\s+|$)")

@@ -47,8 +47,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facecaption import rng as rngmod
-from facecaption.celeba import ATTRIBUTES
+from facecaption.core import rng as rngmod
+from facecaption.core.celeba import ATTRIBUTES
 from facecaption.synthface.render import render_face, render_image, sample_attributes, sample_identity
 
 __all__ = ["CELEBA_SIZE", "CELEBA_EYES", "LANDMARK_COLUMNS", "NOT_DRAWN", "write_celeba", "write_lfwa"]

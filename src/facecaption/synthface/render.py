@@ -29,7 +29,7 @@ import math
 import cv2
 import numpy as np
 
-from facecaption.celeba import ATTRIBUTES, GROUPS  # noqa: F401  (GROUPS re-exported for callers)
+from facecaption.core.celeba import ATTRIBUTES, GROUPS  # noqa: F401  (GROUPS re-exported for callers)
 
 __all__ = ["DRAWABLE", "DEGRADATIONS", "sample_identity", "sample_attributes", "render_face", "render_image",
            "render_aligned"]

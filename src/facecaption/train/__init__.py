@@ -1,6 +1,6 @@
 """Stage ``train``: FLIP pre-training of an open_clip model with Lightning on the caption shards.
 
-Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.train.model`) and
+Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.core.openclip`) and
 ``results/train/logs/`` (``curves.csv``, ``summary.json``); TensorBoard events and Lightning's CSV in
 ``logs/train/``.
 
@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from facecaption import workflow as W
+from facecaption.core.openclip import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 TB_DIR = "logs/train/tensorboard"  # `tensorboard --logdir logs/train/tensorboard`
 CSV_LOG = "logs/train/metrics.csv"  # Lightning's CSV log, merged across resumes
 TIMING_LOG = "logs/train/timing.json"  # wall time, samples/s, threads, resumed-from: not a versioned artifact
+
+
+class TrainError(ModelError):
+    """A problem with the training inputs or run, reported as one line."""
 
 
 class SimulatedKill(RuntimeError):
@@ -240,7 +245,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from facecaption.train import model as M
+    from facecaption.core import openclip as M
     from facecaption.train.data import SKIP_REASONS, CaptionData
     from facecaption.train.system import FlipSystem, NonFiniteLoss
 
@@ -251,7 +256,7 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     arch = M.arch_for(tcfg["arch"], image_size)
     missing = [s for s in shards if not os.path.exists(s)]
     if missing:
-        raise M.TrainError(f"train error: caption shard {missing[0]} does not exist ({len(missing)} missing)")
+        raise TrainError(f"train error: caption shard {missing[0]} does not exist ({len(missing)} missing)")
     hw = hardware(tcfg)
     rank0 = global_rank() == 0  # only rank 0 writes: the folders, the logs, the artifacts
     if hw["accelerator"] == "gpu":
@@ -325,11 +330,11 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
             trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
         except NonFiniteLoss as exc:
             good = latest_checkpoint(ckpts)
-            raise M.TrainError(f"train error: {exc}; newest good checkpoint: {good or 'none yet'} (kept; no "
+            raise TrainError(f"train error: {exc}; newest good checkpoint: {good or 'none yet'} (kept; no "
                                f"checkpoint holds non-finite weights); lower train.lr or set train.grad_clip, "
                                f"then rerun to resume from it") from None
         except torch.OutOfMemoryError:
-            raise M.TrainError(f"train error: out of GPU memory at train.batch_size: {tcfg['batch_size']} per device "
+            raise TrainError(f"train error: out of GPU memory at train.batch_size: {tcfg['batch_size']} per device "
                                f"({arch}, {image_size or 'native'} px, {hw['precision']}); lower train.batch_size "
                                f"(add GPUs to keep the global batch), or use a smaller train.arch / "
                                f"train.image_size") from None
@@ -393,15 +398,14 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
 
 
 def run(cfg: dict, args) -> int:
-    from facecaption.config import ConfigError
-    from facecaption.preflight import require_cuda_for_train
-    from facecaption.train.model import TrainError
+    from facecaption.core.config import ConfigError
+    from facecaption.core.devices import require_cuda_for_train
 
     model_out, logs_out, hub_out = W.stage_outs("train")
     try:
         require_cuda_for_train(cfg)  # a job submitted to a node without CUDA: one line, before any work
         train(cfg, W.stage_deps("train", cfg), model_out, logs_out, out_hub=hub_out)
-    except (TrainError, ConfigError) as exc:
+    except (ModelError, ConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0

@@ -9,7 +9,7 @@ stream, per process (rank) and data-loader worker:
 * **exact passes** by default: across ranks and workers every training sample is read exactly once per pass
   (tests/test_train_ddp.py); ``train.resampled: true`` instead lets each reader draw shards with replacement
   from its own seeded stream (the webdataset recipe when shards vastly outnumber readers);
-* **shuffled with a seed**: a per-reader shuffle buffer driven by ``facecaption.rng.stream``;
+* **shuffled with a seed**: a per-reader shuffle buffer driven by ``facecaption.core.rng.stream``;
 * **the paper's augmentation**: bicubic resize, horizontal flip, RandAugment, each sample's randomness keyed by
   (seed, pass, sample key), never by order, so a resumed stream produces identical tensors;
 * **bad input is skipped and counted** (``missing_caption``, ``empty_text``, ``bad_image``), never fatal;
@@ -34,12 +34,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
-from facecaption import rng as fcrng
-from facecaption.shards import iter_samples
+from facecaption.core import rng as fcrng
+from facecaption.core.openclip import MEAN, STD
+from facecaption.core.reasons import TrainSkip
+from facecaption.core.shards import iter_samples
 
-SKIP_REASONS = ("missing_caption", "empty_text", "bad_image")
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's (OpenAI) normalisation
-STD = (0.26862954, 0.26130258, 0.27577711)
+SKIP_REASONS = tuple(r.value for r in TrainSkip)  # the order of the skip counters
 
 
 def train_transform(image_size: int, augment: dict):

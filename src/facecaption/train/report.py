@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from facecaption import reference
+from facecaption.core import reference
 from facecaption import workflow as W
-from facecaption.report import Report, setup_plotting
+from facecaption.core.report import Report, setup_plotting
 
 
 def curves(logs: str | Path) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 per image). Problems stop with the file and line.
 
 Framing: CelebA's 178×218 images are aligned by their eyes only, loosely. When the landmark file is there,
-every image is aligned with the faces stage's own function and template (:func:`facecaption.faces.align.align`,
+every image is aligned with the faces stage's own function and template (:func:`facecaption.core.align.align`,
 ``align.size`` / ``align.scale``), so the attribute classifier trains on the framing of the crawled faces it
 labels. Without it, images are centre-cropped to a square (a tighter, differently placed framing) and one
 warning says so.
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facecaption.celeba import ATTRIBUTES
-from facecaption.faces.align import align
-from facecaption.shards import leaves_folder
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.align import align
+from facecaption.core.shards import leaves_folder
 
 log = logging.getLogger(__name__)
 

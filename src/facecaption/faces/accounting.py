@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from facecaption import workflow as W
-from facecaption.faces.decode import category
+from facecaption.core.reasons import category
 
 STAGES = ("collect", "faces (images)", "faces (faces)", "attributes", "captions")
 

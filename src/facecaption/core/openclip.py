@@ -1,16 +1,16 @@
-"""The FLIP model as plain open_clip: architectures, the shared loader and the encoders.
+"""The one open_clip loader: FLIP's architectures, checkpoints (ours and open_clip's hub layout), encoders.
 
 Importing this module registers the tiny architectures defined as data in ``model_configs/`` (e.g.
 ``FLIP-Tiny``) with open_clip, so ``open_clip.create_model_and_transforms("FLIP-Tiny", pretrained=PATH)``
-works in any process that imported ``facecaption.train.model`` (or that called
-``open_clip.add_model_config(<package>/train/model_configs)`` itself).
+works in any process that imported ``facecaption.core.openclip`` (or that called
+``open_clip.add_model_config(<package>/core/model_configs)`` itself).
 
 An architecture trained at an image size other than its config's (``align.size``) gets a derived name,
 ``<arch>-<size>px`` (see :func:`arch_for`); the exported checkpoint records the architecture name and
 config (``flip.pt`` = ``{"state_dict": ..., "facecaption": {"arch", "model_cfg", ...}}``), which
 :func:`load` uses to re-register it.
 
-Public API, used by the evaluation and quality stages::
+Public API, used by the train, evaluation and quality stages::
 
     model, preprocess, tokenizer = load(checkpoint_or_None, arch, device="cpu", image_size=None)
     img = encode_images(model, preprocess, pil_images, batch=64)   # (N, D) float32, L2-normalised
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 BASELINE_SEED = 0  # random-init baseline (checkpoint=None): always the same weights
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's (OpenAI) normalisation
+STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _register() -> None:
@@ -43,14 +45,14 @@ def _register() -> None:
 _register()
 
 
-class TrainError(RuntimeError):
-    """A problem with the training inputs, reported as one line."""
+class ModelError(RuntimeError):
+    """A problem with an architecture or weights file, reported as one line."""
 
 
 def model_config(arch: str) -> dict:
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
-        raise TrainError(f"train error: train.arch: unknown open_clip architecture {arch!r}; "
+        raise ModelError(f"train error: train.arch: unknown open_clip architecture {arch!r}; "
                          f"e.g. FLIP-Tiny, ViT-B-16 (open_clip.list_models())")
     return cfg
 
@@ -66,6 +68,13 @@ def register_config(name: str, cfg: dict) -> None:
     _oc_factory._MODEL_CONFIGS[name] = copy.deepcopy(cfg)
 
 
+def add_config_file(path: str | os.PathLike, arch: str) -> str:
+    """Register the architecture config file ``path`` (named after its stem); returns ``arch`` when open_clip
+    knows it, else the file's architecture name."""
+    open_clip.add_model_config(Path(path))
+    return arch if arch in open_clip.list_models() else Path(path).stem
+
+
 def arch_for(arch: str, image_size: int | None) -> str:
     """The architecture name for ``arch`` at ``image_size``: ``arch`` itself if its config already has that
     size, otherwise a derived ``<arch>-<size>px`` config (registered here)."""
@@ -74,7 +83,7 @@ def arch_for(arch: str, image_size: int | None) -> str:
         return arch
     patch = cfg["vision_cfg"].get("patch_size")
     if patch and int(image_size) % int(patch):
-        raise TrainError(f"train error: image size {image_size} (align.size) is not a multiple of the "
+        raise ModelError(f"train error: image size {image_size} (align.size) is not a multiple of the "
                          f"patch size {patch} of {arch}")
     name = f"{arch}-{int(image_size)}px"
     derived = copy.deepcopy(cfg)
@@ -86,7 +95,7 @@ def arch_for(arch: str, image_size: int | None) -> str:
 def create(arch: str, seed: int = BASELINE_SEED, init: str | None = None):
     """A fresh open_clip model (random init with ``seed``, or local weights from ``init``) + transforms."""
     if init is not None and not os.path.isfile(init):
-        raise TrainError(f"train error: train.init: weights file {init} does not exist")
+        raise ModelError(f"train error: train.init: weights file {init} does not exist")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=init)
@@ -109,7 +118,7 @@ def cpu_state(model: torch.nn.Module) -> dict:
 
 def save_checkpoint(model: torch.nn.Module, arch: str, path: str | os.PathLike, **meta) -> None:
     """Export an open_clip state dict that ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads."""
-    from facecaption.shards import atomic_path
+    from facecaption.core.shards import atomic_path
 
     state = cpu_state(model)
     payload = {"state_dict": state, "facecaption": {"arch": arch, "model_cfg": model_config(arch), **meta}}
@@ -129,8 +138,7 @@ def save_open_clip_folder(model: torch.nn.Module, arch: str, folder: str | os.Pa
     resize, bicubic, OpenAI's mean and std)."""
     import json
 
-    from facecaption.shards import atomic_path
-    from facecaption.train.data import MEAN, STD
+    from facecaption.core.shards import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

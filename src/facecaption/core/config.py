@@ -23,6 +23,20 @@ class ConfigError(ValueError):
     """A config problem, with a one-line message naming the key."""
 
 
+class SourceError(ConfigError):
+    """A source input problem (missing file, bad column), as one line naming the config key and the path."""
+
+
+def require_path(path, key: str, kind: str = "file") -> Path:
+    """``path`` (``~`` expanded) if it exists, else stop with one line naming the config key and the path."""
+    if path is None or str(path) == "":
+        raise SourceError(f"config error: {key}: not set; give the {kind} to read")
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise SourceError(f"config error: {key}: {p} does not exist")
+    return p
+
+
 def schema() -> dict:
     """The full schema: ``schema/base.yaml`` plus one fragment per top-level section."""
     folder = resources.files("facecaption") / "schema"

@@ -96,7 +96,7 @@ class OptOut:
     @classmethod
     def from_config(cls, section: dict | None) -> "OptOut":
         """Read ``optout.lists`` (a missing list stops with one line naming the key and the path)."""
-        from facecaption.collect import require_path  # noqa: PLC0415
+        from facecaption.core.config import require_path  # noqa: PLC0415
 
         section = section or {}
         lines: list[str] = []

@@ -6,13 +6,22 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CORES  ?= all
 
-.PHONY: paper test env clean-results
+.PHONY: paper test lint metrics-check env clean-results
 paper: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
-test: env
+test: env lint
 	bash .ci/setup-system.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# the ecosystem's own checks: ruff (pyproject.toml [tool.ruff]) and Snakemake's linter
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+
+# after `make paper`: this run's metrics against the committed ones, within config/tolerances.yaml
+metrics-check: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/facecaption metrics-check
 
 env: $(VENV)/.installed
 

@@ -4,11 +4,12 @@
 
 rule attributes_train:
     input:
-        deps("attributes_train"),
+        unpack(inputs("attributes_train")),
     output:
-        outs("attributes_train"),
+        **outputs("attributes_train"),
     params:
-        cfg=cfg("attributes_train"),
+        cfg=rerun_key("attributes_train"),
+        shards=shards_arg("attributes_train"),
     conda:
         CONDA_ENV
     log:
@@ -17,19 +18,21 @@ rule attributes_train:
         "attributes: train the {config[attributes][arch]} classifier on the labeled set"
     threads: threads_of("attributes_train", 2)
     resources:
+        fc_runtime=runtime_key("attributes_train"),
         **resources_of("attributes_train", 4000),
     shell:
         "OMP_NUM_THREADS={threads} FACECAPTION_THREADS={threads} "
-        "facecaption attributes_train --cfg {params.cfg:q} 2> {log}"
+        "facecaption attributes_train --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"
 
 
 rule attributes:
     input:
-        deps("attributes"),
+        unpack(inputs("attributes")),
     output:
-        outs("attributes"),
+        **outputs("attributes"),
     params:
-        cfg=cfg("attributes"),
+        cfg=rerun_key("attributes"),
+        shards=shards_arg("attributes"),
     conda:
         CONDA_ENV
     log:
@@ -38,19 +41,21 @@ rule attributes:
         "attributes: predict and filter the faces of shard {wildcards.shard}"
     threads: threads_of("attributes", 1)
     resources:
+        fc_runtime=runtime_key("attributes"),
         **resources_of("attributes", 3000),
     shell:
         "OMP_NUM_THREADS={threads} FACECAPTION_THREADS={threads} "
-        "facecaption attributes --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
+        "facecaption attributes --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} --shard {wildcards.shard} 2> {log}"
 
 
 rule report_attributes:
     input:
-        deps("report_attributes"),
+        unpack(inputs("report_attributes")),
     output:
-        outs("report_attributes"),
+        **outputs("report_attributes"),
     params:
-        cfg=cfg("report_attributes"),
+        cfg=rerun_key("report_attributes"),
+        shards=shards_arg("report_attributes"),
     conda:
         CONDA_ENV
     log:
@@ -58,6 +63,7 @@ rule report_attributes:
     message:
         "report: attribute classifier, filters and audit against the ground truth"
     resources:
+        fc_runtime=runtime_key("report_attributes"),
         **resources_of("report_attributes", 2000),
     shell:
-        "facecaption report_attributes --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_attributes --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

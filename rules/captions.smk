@@ -4,11 +4,12 @@
 
 rule captions:
     input:
-        deps("captions"),
+        unpack(inputs("captions")),
     output:
-        outs("captions"),
+        **outputs("captions"),
     params:
-        cfg=cfg("captions"),
+        cfg=rerun_key("captions"),
+        shards=shards_arg("captions"),
     conda:
         CONDA_ENV
     log:
@@ -17,18 +18,20 @@ rule captions:
         "captions: grammar captions for the kept faces of shard {wildcards.shard}"
     threads: 1
     resources:
+        fc_runtime=runtime_key("captions"),
         **resources_of("captions", 2000),
     shell:
-        "facecaption captions --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
+        "facecaption captions --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} --shard {wildcards.shard} 2> {log}"
 
 
 rule report_captions:
     input:
-        deps("report_captions"),
+        unpack(inputs("report_captions")),
     output:
-        outs("report_captions"),
+        **outputs("report_captions"),
     params:
-        cfg=cfg("report_captions"),
+        cfg=rerun_key("report_captions"),
+        shards=shards_arg("report_captions"),
     conda:
         CONDA_ENV
     log:
@@ -36,6 +39,7 @@ rule report_captions:
     message:
         "report: caption statistics, faithfulness audit and examples"
     resources:
+        fc_runtime=runtime_key("report_captions"),
         **resources_of("report_captions", 2000),
     shell:
-        "facecaption report_captions --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_captions --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -3,11 +3,12 @@
 
 rule collect:
     input:
-        deps("collect"),
+        unpack(inputs("collect")),
     output:
-        outs("collect"),
+        **outputs("collect"),
     params:
-        cfg=cfg("collect"),
+        cfg=rerun_key("collect"),
+        shards=shards_arg("collect"),
     conda:
         CONDA_ENV
     log:
@@ -16,16 +17,18 @@ rule collect:
         "collect: shard {wildcards.shard} from source '{config[source]}'"
     threads: 1
     resources:
+        fc_runtime=runtime_key("collect"),
         **resources_of("collect", 1500),
     shell:
-        "facecaption collect --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
+        "facecaption collect --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} --shard {wildcards.shard} 2> {log}"
 
 
 rule labeled:
     output:
-        outs("labeled"),
+        **outputs("labeled"),
     params:
-        cfg=cfg("labeled"),
+        cfg=rerun_key("labeled"),
+        shards=shards_arg("labeled"),
     conda:
         CONDA_ENV
     log:
@@ -34,18 +37,20 @@ rule labeled:
         "labeled: the attribute-labeled train/val/test splits"
     threads: 1
     resources:
+        fc_runtime=runtime_key("labeled"),
         **resources_of("labeled", 2000),
     shell:
-        "facecaption labeled --cfg {params.cfg:q} 2> {log}"
+        "facecaption labeled --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"
 
 
 rule report_corpus:
     input:
-        deps("report_corpus"),
+        unpack(inputs("report_corpus")),
     output:
-        outs("report_corpus"),
+        **outputs("report_corpus"),
     params:
-        cfg=cfg("report_corpus"),
+        cfg=rerun_key("report_corpus"),
+        shards=shards_arg("report_corpus"),
     conda:
         CONDA_ENV
     log:
@@ -53,6 +58,7 @@ rule report_corpus:
     message:
         "report: corpus statistics and figures"
     resources:
+        fc_runtime=runtime_key("report_corpus"),
         **resources_of("report_corpus", 2000),
     shell:
-        "facecaption report_corpus --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_corpus --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -1,8 +1,14 @@
-# Shared helpers: config validation, shard ids, stage paths from the registry (facecaption.workflow).
+# Shared helpers: config validation, shard planning, each rule's named inputs and outputs and its rerun key, from
+# the stage registry (facecaption.workflow).
+import json
+import os
 import sys
 
-from facecaption.core import config as fc_config
+from snakemake_interface_executor_plugins.settings import ExecMode
+
 from facecaption import workflow as W
+from facecaption.collect import plan as fc_plan
+from facecaption.core import config as fc_config
 
 try:
     fc_config.validate(config)
@@ -10,34 +16,71 @@ except fc_config.ConfigError as exc:
     sys.stderr.write(f"{exc}\n")
     sys.exit(1)
 
+
+def plan_shards():
+    """The shard ids, planned by the source once per run: the Snakemake you started plans (a folder source walks
+    its tree, a URL source counts its lists) and leaves the plan in .snakemake/facecaption/; a cluster job, which
+    reads this Snakefile again on its node, takes the plan from there instead of walking again."""
+    key = fc_config.canonical_json({k: config.get(k) for k in W.SHARD_KEYS})
+    path = os.path.join(".snakemake", "facecaption", "plan.json")
+    if workflow.exec_mode == ExecMode.REMOTE and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            return saved["shards"]
+    shards = fc_plan.shard_ids(config)
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "shards": shards}, f)
+        os.replace(tmp, path)
+    return shards
+
+
 try:
-    SHARDS = W.shard_ids(config)
+    SHARDS = plan_shards()
 except fc_config.ConfigError as exc:  # e.g. a missing URL list or image folder
     sys.stderr.write(f"{exc}\n")
     sys.exit(1)
 CONDA_ENV = "../envs/facecaption.yaml"  # relative to rules/; used with --sdm conda
 
+
 wildcard_constraints:
     shard=r"\d{5}",
 
 
-def cfg(stage):
-    """The config sections a stage reads, as JSON (a change re-runs exactly the stages that read it)."""
-    text = fc_config.section_json(config, *W.STAGES[stage].config_keys)
+def rerun_key(stage):
+    """The config keys that change a stage's outputs, as JSON: a param, so that a change re-runs exactly the
+    stages whose results it changes (threads, worker counts, batch sizes of inference: see runtime_key)."""
+    text = fc_config.canonical_json(W.rerun_config(stage, config)[0])
     return lambda wildcards: text  # a function: braces in config values are not wildcards
 
 
-def deps(stage):
-    """Inputs of a stage from the registry; per-shard stages get them for their {shard} wildcard."""
+def runtime_key(stage):
+    """The stage's runtime keys (facecaption.workflow.RUNTIME) as JSON: passed to the command as a resource,
+    which is not a rerun trigger, so changing urls.threads or faces.batch_size re-runs nothing."""
+    return fc_config.canonical_json(W.rerun_config(stage, config)[1])
+
+
+def shards_arg(stage):
+    """--num-shards N for a stage that reads every shard (the plan above, so its job does not plan again)."""
+    return f"--num-shards {len(SHARDS)}" if any(W.ALL in d for d in W.STAGES[stage].deps.values()) else ""
+
+
+def inputs(stage):
+    """Named inputs of a stage from the registry (and the files its config names); per-shard stages get them
+    for their {shard} wildcard. For `input: unpack(inputs(stage))`."""
     if W.STAGES[stage].per_shard:
-        return lambda wc: W.stage_deps(stage, config, wc.shard, SHARDS)
-    return W.stage_deps(stage, config, shards=SHARDS)
+        return lambda wc: W.stage_inputs(stage, config, SHARDS, wc.shard)
+    named = W.stage_inputs(stage, config, SHARDS)
+    return lambda wc: named
 
 
-def outs(stage):
-    """Outputs of a stage from the registry, directories marked as such."""
+def outputs(stage):
+    """Named outputs of a stage from the registry, directories marked as such. For `output: **outputs(stage)`."""
     st = W.STAGES[stage]
-    return [directory(p) if p in st.dirs else p for p in W.stage_outs(stage)]
+    return {k: directory(p) if k in st.dirs else p for k, p in W.stage_outputs(stage).items()}
 
 
 def res(stage, key, default):
@@ -113,8 +156,6 @@ except fc_config.ConfigError as exc:
 # machine (submitted jobs check at their start: the login node has no GPU); then every file, folder and
 # endpoint the stages will need (CelebA, LFWA, model packs, start weights, the LLM server), once, in the
 # Snakemake you started (not again in each cluster job). Fallbacks print one warning line.
-from snakemake_interface_executor_plugins.settings import ExecMode
-
 from facecaption import preflight as fc_preflight
 
 try:
@@ -131,10 +172,6 @@ def in_slurm_job():
     """Whether this Snakemake is the SLURM jobstep's, running a job inside its allocation (the process that
     runs the rule's command there): a cluster job re-runs Snakemake in exec mode REMOTE; a local run
     (--cores), even inside an salloc/sbatch allocation, is the process you started (DEFAULT)."""
-    import os
-
-    from snakemake_interface_executor_plugins.settings import ExecMode
-
     return workflow.exec_mode == ExecMode.REMOTE and "SLURM_JOB_ID" in os.environ
 
 

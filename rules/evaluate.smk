@@ -4,11 +4,12 @@
 
 rule evaluate:
     input:
-        deps("evaluate"),
+        unpack(inputs("evaluate")),
     output:
-        outs("evaluate"),
+        **outputs("evaluate"),
     params:
-        cfg=cfg("evaluate"),
+        cfg=rerun_key("evaluate"),
+        shards=shards_arg("evaluate"),
     conda:
         CONDA_ENV
     log:
@@ -17,6 +18,7 @@ rule evaluate:
         "evaluate: linear probe, retrieval and zero-shot attributes (FLIP vs baselines)"
     threads: threads_of("evaluate", 2)
     resources:
+        fc_runtime=runtime_key("evaluate"),
         **resources_of("evaluate", 4000),
     shell:
-        "facecaption evaluate --cfg {params.cfg:q} 2> {log}"
+        "facecaption evaluate --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -5,11 +5,12 @@
 
 rule faces:
     input:
-        deps("faces"),
+        unpack(inputs("faces")),
     output:
-        outs("faces"),
+        **outputs("faces"),
     params:
-        cfg=cfg("faces"),
+        cfg=rerun_key("faces"),
+        shards=shards_arg("faces"),
     conda:
         CONDA_ENV
     log:
@@ -18,18 +19,20 @@ rule faces:
         "faces: detect and align faces in shard {wildcards.shard} ({config[faces][detector]})"
     threads: threads_of("faces", 1)
     resources:
+        fc_runtime=runtime_key("faces"),
         **resources_of("faces", 2000),
     shell:
-        "facecaption faces --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
+        "facecaption faces --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} --shard {wildcards.shard} 2> {log}"
 
 
 rule report_faces:
     input:
-        deps("report_faces"),
+        unpack(inputs("report_faces")),
     output:
-        outs("report_faces"),
+        **outputs("report_faces"),
     params:
-        cfg=cfg("report_faces"),
+        cfg=rerun_key("report_faces"),
+        shards=shards_arg("report_faces"),
     conda:
         CONDA_ENV
     log:
@@ -37,6 +40,7 @@ rule report_faces:
     message:
         "report: face funnel and detection audit"
     resources:
+        fc_runtime=runtime_key("report_faces"),
         **resources_of("report_faces", 2000),
     shell:
-        "facecaption report_faces --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_faces --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

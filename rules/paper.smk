@@ -3,11 +3,12 @@
 
 rule paper:
     input:
-        deps("paper"),
+        unpack(inputs("paper")),
     output:
-        outs("paper"),
+        **outputs("paper"),
     params:
-        cfg=cfg("paper"),
+        cfg=rerun_key("paper"),
+        shards=shards_arg("paper"),
     conda:
         CONDA_ENV
     log:
@@ -15,18 +16,20 @@ rule paper:
     message:
         "paper: compiling paper/build/paper.pdf"
     resources:
+        fc_runtime=runtime_key("paper"),
         **resources_of("paper", 2000),
     shell:
-        "facecaption paper --cfg {params.cfg:q} 2> {log}"
+        "facecaption paper --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"
 
 
 rule report_cost:
     input:
-        deps("report_cost"),
+        unpack(inputs("report_cost")),
     output:
-        outs("report_cost"),
+        **outputs("report_cost"),
     params:
-        cfg=cfg("report_cost"),
+        cfg=rerun_key("report_cost"),
+        shards=shards_arg("report_cost"),
     conda:
         CONDA_ENV
     log:
@@ -34,6 +37,7 @@ rule report_cost:
     message:
         "report: cost of the 50M-URL run, projected from the benchmarks"
     resources:
+        fc_runtime=runtime_key("report_cost"),
         **resources_of("report_cost", 1000),
     shell:
-        "facecaption report_cost --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_cost --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -4,11 +4,12 @@
 
 rule quality:
     input:
-        deps("quality"),
+        unpack(inputs("quality")),
     output:
-        outs("quality"),
+        **outputs("quality"),
     params:
-        cfg=cfg("quality"),
+        cfg=rerun_key("quality"),
+        shards=shards_arg("quality"),
     conda:
         CONDA_ENV
     log:
@@ -17,18 +18,20 @@ rule quality:
         "quality: image and text metrics of shard {wildcards.shard}"
     threads: threads_of("quality", 1)
     resources:
+        fc_runtime=runtime_key("quality"),
         **resources_of("quality", 2000),
     shell:
-        "OMP_NUM_THREADS={threads} facecaption quality --cfg {params.cfg:q} --shard {wildcards.shard} 2> {log}"
+        "OMP_NUM_THREADS={threads} facecaption quality --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} --shard {wildcards.shard} 2> {log}"
 
 
 rule report_quality:
     input:
-        deps("report_quality"),
+        unpack(inputs("report_quality")),
     output:
-        outs("report_quality"),
+        **outputs("report_quality"),
     params:
-        cfg=cfg("report_quality"),
+        cfg=rerun_key("report_quality"),
+        shards=shards_arg("report_quality"),
     conda:
         CONDA_ENV
     log:
@@ -37,6 +40,7 @@ rule report_quality:
         "report: Table 1, quality histograms, relevance and the dataset card"
     threads: threads_of("report_quality", 1)
     resources:
+        fc_runtime=runtime_key("report_quality"),
         **resources_of("report_quality", 4000),
     shell:
-        "OMP_NUM_THREADS={threads} facecaption report_quality --cfg {params.cfg:q} 2> {log}"
+        "OMP_NUM_THREADS={threads} facecaption report_quality --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

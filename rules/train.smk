@@ -9,11 +9,12 @@
 
 rule train:
     input:
-        deps("train"),
+        unpack(inputs("train")),
     output:
-        outs("train"),
+        **outputs("train"),
     params:
-        cfg=cfg("train"),
+        cfg=rerun_key("train"),
+        shards=shards_arg("train"),
     conda:
         CONDA_ENV
     log:
@@ -22,19 +23,21 @@ rule train:
         "train: {config[train][arch]} for {config[train][max_steps]} steps"
     threads: threads_of("train", 2)
     resources:
+        fc_runtime=runtime_key("train"),
         launcher=launcher("train"),
         **resources_of("train", 4000),
     shell:
-        "{resources.launcher}facecaption train --cfg {params.cfg:q} 2> {log}"
+        "{resources.launcher}facecaption train --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"
 
 
 rule report_train:
     input:
-        deps("report_train"),
+        unpack(inputs("report_train")),
     output:
-        outs("report_train"),
+        **outputs("report_train"),
     params:
-        cfg=cfg("report_train"),
+        cfg=rerun_key("report_train"),
+        shards=shards_arg("report_train"),
     conda:
         CONDA_ENV
     log:
@@ -42,6 +45,7 @@ rule report_train:
     message:
         "report: training curves"
     resources:
+        fc_runtime=runtime_key("report_train"),
         **resources_of("report_train", 2000),
     shell:
-        "facecaption report_train --cfg {params.cfg:q} 2> {log}"
+        "facecaption report_train --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -82,3 +82,83 @@ def test_partial_pull_runs_only_the_later_stage(pipeline, pushed, tmp_path):
     assert "rule collect" not in proc.stdout + proc.stderr
     # the model, its curves and its summary, byte for byte
     assert digests(clone / "results/train") == digests(pipeline / "results/train")
+
+
+# -- contracts, rerun keys and metrics ---------------------------------------------------------------------------
+def test_artifacts_keep_their_schemas(pipeline):
+    """Every parquet and shard of the run keeps the promises of facecaption.core.schemas (docs/ARCHITECTURE.md)."""
+    from facecaption.core import schemas
+
+    results = pipeline / "results"
+    problems = []
+    for path in sorted(results.rglob("*.parquet")):
+        problems.append(schemas.check_parquet(path, str(path.relative_to(results))))
+    for path in sorted(results.rglob("*.tar")):
+        problems.append(schemas.check_shard(path, str(path.relative_to(results))))
+    assert [p for p in problems if p] == []
+    assert len(problems) >= 4 * 2 * 3  # collect, faces, attributes, captions, quality ... over 2 shards
+
+
+def test_flip_beats_random_weights(pipeline):
+    """The point of the pipeline: the trained FLIP's held-out retrieval beats the same architecture with random
+    weights, in both directions (the tiny run: R@5 of FLIP well above random's)."""
+    import json
+
+    m = json.loads((pipeline / "results/metrics/evaluate.json").read_text())
+    retrieval = {k: v for k, v in m.items() if k.startswith("retrieval.") and k.endswith(".mean")}
+    assert retrieval, sorted(m)[:20]
+    for direction in ("i2t_r5", "t2i_r5"):
+        flip = next(v for k, v in retrieval.items() if ".FLIP." in k and direction in k)
+        rand = next(v for k, v in retrieval.items() if ".random init." in k and direction in k)
+        assert flip > rand + 5, (direction, flip, rand)
+
+
+def _dry_run(repo, overlay_text, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(overlay_text)
+    proc = snakemake(["-n", "-r", *TEST_CONFIG, "--configfile", str(overlay)], repo)
+    return proc.stdout + proc.stderr
+
+
+def test_runtime_keys_rerun_nothing(pipeline, tmp_path):
+    """Threads, worker counts and inference batch sizes change no output: after a full run, changing them plans
+    nothing (before, rule params carried whole sections and these re-ran every faces or collect job)."""
+    out = _dry_run(pipeline, "faces: {batch_size: 3}\nurls: {threads: 7}\ntrain: {num_workers: 1}\n"
+                             "evaluate: {batch: 9}\nattributes: {predict_batch_size: 5}\n", tmp_path)
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_result_keys_and_config_named_files_rerun_their_stages(pipeline, tmp_path):
+    out = _dry_run(pipeline, "faces: {min_size: 41}\n", tmp_path)
+    assert "rule faces:" in out and "rule collect:" not in out
+    # a file named in config is an input: an opt-out list rewritten after the run re-runs collect and faces
+    lst = tmp_path / "optout.txt"
+    lst.write_text("# nothing opted out\n")
+    out = _dry_run(pipeline, f"optout: {{lists: [{lst}]}}\n", tmp_path)
+    assert "rule collect:" in out and "rule faces:" in out
+    assert str(lst) in out  # named as an updated input in the reasons
+
+
+def test_metrics_diff_and_check_against_the_committed_metrics(pipeline, pushed):
+    """`dvc metrics diff` works on the run, and `facecaption metrics-check` accepts the run against itself,
+    a move within config/tolerances.yaml, and fails a move beyond it, naming the metric."""
+    import json
+
+    proc = run(["dvc", "metrics", "diff", "--json", "HEAD"], pipeline)
+    assert json.loads(proc.stdout or "{}") == {}
+    shown = run(["dvc", "metrics", "show", "--json"], pipeline).stdout
+    assert "results/metrics/evaluate.json" in shown and "results/metrics/train.json" in shown
+    assert run(["facecaption", "metrics-check"], pipeline, check=False).returncode == 0
+    path = pipeline / "results/metrics/train.json"
+    original = path.read_text()
+    try:
+        m = json.loads(original)
+        m["final_loss"] = m["final_loss"] * 1.01  # within 5 %
+        path.write_text(json.dumps(m))
+        assert run(["facecaption", "metrics-check"], pipeline, check=False).returncode == 0
+        m["final_loss"] = m["final_loss"] * 1.5
+        path.write_text(json.dumps(m))
+        proc = run(["facecaption", "metrics-check"], pipeline, check=False)
+        assert proc.returncode == 1 and "results/metrics/train.json:final_loss" in proc.stderr
+    finally:
+        path.write_text(original)

@@ -12,10 +12,11 @@ Every import counts, also those inside functions (lazy imports are still depende
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from facecaption.dvcyaml import imports_of as _imports_of
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "facecaption"
 STAGES = {"collect", "labeled", "faces", "attributes", "captions", "train", "evaluate", "quality", "cost", "paper"}
@@ -30,26 +31,8 @@ def _modules():
 
 
 def imports_of(module: str, path: Path) -> set[str]:
-    """The facecaption modules ``path`` imports (absolute and relative, at any depth)."""
-    out: set[str] = set()
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "facecaption")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                name = ".".join(base + ([node.module] if node.module else []))
-            else:
-                name = node.module or ""
-            if name.split(".")[0] != "facecaption":
-                continue
-            # `from facecaption import workflow` / `from facecaption.core import openclip`: the submodule
-            subs = {f"{name}.{a.name}" for a in node.names}
-            subs = {s for s in subs if (PKG.parent / (s.replace(".", "/") + ".py")).exists()
-                    or (PKG.parent / s.replace(".", "/")).is_dir()}
-            out.update(subs or {name})
-    return out
+    """The facecaption modules ``path`` imports (the dvc.yaml generator's code dependencies use the same)."""
+    return _imports_of(module, path, PKG.parent)
 
 
 def top(module: str) -> str:

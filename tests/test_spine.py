@@ -8,9 +8,10 @@ import sys
 import pytest
 import yaml
 
-from facecaption.core import config as fc_config
 from facecaption import workflow as W
 from facecaption.cli import main
+from facecaption.collect.plan import shard_ids
+from facecaption.core import config as fc_config
 
 from conftest import ROOT
 
@@ -91,7 +92,7 @@ def test_snakemake_and_dvc_plan_the_same_outputs():
         items = body.get("foreach", [None])
         do = body.get("do", body)
         for item in items:
-            for out in do["outs"]:
+            for out in do["outs"] + do.get("metrics", []) + do.get("plots", []):
                 out = next(iter(out)) if isinstance(out, dict) else out
                 declared.add((out.replace("${item}", item) if item else out, name))
     assert planned == declared
@@ -99,13 +100,98 @@ def test_snakemake_and_dvc_plan_the_same_outputs():
 
 def test_registry_outputs_are_unique_and_rules_exist():
     cfg = fc_config.load([ROOT / "config.yaml"])
-    shards = W.shard_ids(cfg)
+    shards = shard_ids(cfg)
     outs = [o for name, st in W.STAGES.items() for sh in (shards if st.per_shard else [None])
-            for o in W.stage_outs(name, sh)]
+            for o in W.stage_outputs(name, sh).values()]
     assert len(outs) == len(set(outs))
     rules_text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    for name in W.needed_stages(cfg):
+    for name in W.needed_stages(cfg, shards):
         assert f"rule {name}:" in rules_text
+        assert f'unpack(inputs("{name}"))' in rules_text or not W.STAGES[name].deps
+        assert f'**outputs("{name}")' in rules_text
+
+
+# -- each stage gets exactly what it declares ------------------------------------------------------------------
+def test_a_stage_reading_an_undeclared_section_stops():
+    """The bug this catches: report_quality read `seed` without declaring it, so `seed: 7` reached the train
+    stage but not its relevance sample (which fell back to 0)."""
+    view = W.stage_config("report_corpus", fc_config.validate({}))
+    for read in (lambda c: c["seed"], lambda c: c.get("seed", 0), lambda c: "seed" in c):
+        with pytest.raises(fc_config.UndeclaredConfig, match="reads config section 'seed', which it does not declare"):
+            read(view)
+    assert W.stage_config("report_quality", fc_config.validate({"seed": 7}))["seed"] == 7
+    assert "seed" in W.STAGES["report_quality"].config_keys
+
+
+def test_every_runtime_key_exists_in_the_schema():
+    cfg = fc_config.validate({})
+    for dotted in W.RUNTIME:
+        section, *rest = dotted.split(".")
+        node = fc_config.schema()["properties"][section]
+        for part in rest:
+            assert part in node.get("properties", {}), f"{dotted}: no such key in the schema"
+            node = node["properties"][part]
+        assert section in cfg
+
+
+def test_rerun_key_leaves_out_runtime_keys_only():
+    base = fc_config.validate({})
+    fast = fc_config.validate({"faces": {"batch_size": 8}, "urls": {"threads": 3}, "train": {"num_workers": 5}})
+    slow = fc_config.validate({"faces": {"min_size": 50}})
+    for stage in ("faces", "collect", "train"):
+        assert W.rerun_config(stage, base)[0] == W.rerun_config(stage, fast)[0], stage
+    assert W.rerun_config("faces", base)[0] != W.rerun_config("faces", slow)[0]
+    assert W.rerun_config("faces", fast)[1]["faces"]["batch_size"] == 8
+    assert "batch_size" not in W.rerun_config("faces", fast)[0]["faces"]
+
+
+def test_files_named_in_config_are_inputs(tmp_path):
+    lst = tmp_path / "optout.txt"
+    grammar = tmp_path / "grammar.yaml"
+    cfg = fc_config.validate({"optout": {"lists": [str(lst)]}, "captions": {"grammar": str(grammar)},
+                              "train": {"init": str(tmp_path / "w.pt")}})
+    assert W.stage_inputs("collect", cfg, ["00000"], "00000")["optout_lists"] == [str(lst)]
+    assert W.stage_inputs("faces", cfg, ["00000"], "00000")["optout_lists"] == [str(lst)]
+    assert W.stage_inputs("captions", cfg, ["00000"], "00000")["grammar"] == [str(grammar)]
+    assert W.stage_inputs("train", cfg, ["00000"])["init"] == [str(tmp_path / "w.pt")]
+
+
+def test_dvc_yaml_code_deps_follow_the_imports():
+    """A change in a core module the stage imports (shards, rng, config) invalidates the stage in DVC;
+    a stage it does not import does not."""
+    from facecaption.dvcyaml import code_deps
+
+    faces = code_deps("faces")
+    for f in ("src/facecaption/core/shards.py", "src/facecaption/core/config.py", "src/facecaption/core/align.py",
+              "src/facecaption/faces/detect.py", "src/facecaption/schema/faces.yaml"):
+        assert f in faces, f
+    assert not any(f.startswith("src/facecaption/train/") for f in faces)
+    assert "src/facecaption/core/model_configs" in code_deps("train")
+    assert "src/facecaption/core/rng.py" in code_deps("collect")
+
+
+def test_dvc_yaml_declares_metrics_plots_and_exact_params():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert dvc["evaluate"]["metrics"] == [{"results/metrics/evaluate.json": {"cache": False}}]
+    assert any("results/metrics/train_curve.csv" in p for p in dvc["report_train"]["plots"])
+    assert all("metrics" in dvc[s] for s in ("report_corpus", "report_faces", "report_attributes",
+                                             "report_captions", "report_quality", "report_train"))
+    from facecaption.dvcyaml import param_keys
+
+    keys = param_keys({"faces": {"min_score": 0.9, "batch_size": 4, "insightface": {"device": "cuda", "pack": "x"}}},
+                      ("faces",))
+    assert keys == ["faces.min_score", "faces.insightface.pack"]
+
+
+def test_metrics_tolerances():
+    from facecaption.dvcyaml import violations
+
+    rules = [{"match": "*:*loss*", "rel": 0.05}, {"match": "*", "abs": 0.01}]
+    diff = {"results/metrics/train.json": {"final_loss": {"old": 3.0, "new": 3.1}},
+            "results/metrics/evaluate.json": {"probe.acc": {"old": 0.80, "new": 0.805},
+                                              "r5": {"old": 20.0, "new": 23.0}, "gone": {"old": 1.0, "new": None}}}
+    bad = violations(diff, rules)
+    assert [b.split(":")[1] for b in bad] == ["gone", "r5"]
 
 
 def test_conda_env_installs_the_lock_pins():

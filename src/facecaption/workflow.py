@@ -1,181 +1,288 @@
-"""The pipeline's stages as data: what each reads, writes and which config keys it depends on.
+"""The pipeline's stages as data: what each reads and writes (by name), which config it depends on, and its
+entry point.
 
-This registry is the one place that defines stage outputs. The Snakemake rules (``rules/*.smk``) take
-their ``input:``/``output:`` from it, the stage entry points take their paths from it, and ``dvc.yaml``
-is generated from it (``facecaption dvc-yaml``), so the three cannot drift apart; a test checks that the
-committed ``dvc.yaml`` is current and that Snakemake plans the same outputs.
+This registry is the one place that defines stage inputs and outputs. The Snakemake rules (``rules/*.smk``)
+take their named ``input:``/``output:`` from it, the CLI builds each stage's :class:`~facecaption.core.stage.StageIO`
+and config view from it, and ``dvc.yaml`` is generated from it (``facecaption dvc-yaml``), so the three cannot
+drift apart; a test checks that the committed ``dvc.yaml`` is current and that Snakemake plans the same outputs.
+Only the CLI, the ``dvc.yaml`` generator, ``preflight`` and the rules import it; it imports only the core, and
+never plans shards itself: callers pass the shard ids (``facecaption.collect.plan``).
+
+Rerun keys: a stage's params are the config sections it declares (``params``) minus :data:`RUNTIME`, the keys
+that change how fast a stage runs but not what it writes (threads, worker counts, inference batch sizes,
+devices of inference, work folders). Files named in config (opt-out lists, a grammar, dataset files, start
+weights) are inputs (:func:`config_files`).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from facecaption.core.config import StageConfig, split_keys
+from facecaption.core.stage import StageIO
+
 R = "results"
+METRICS = f"{R}/metrics"  # DVC metrics and plots: small, git-tracked (cache: false)
 
 LABELED_SPLITS = ("train", "val", "test")
 SHARD_KEYS = ("source", "synthface", "urls", "folder")  # the config sections that decide the shard ids
-PKG = "src/facecaption"
+
+# Keys that never change a stage's outputs: not in any rerun key (Snakemake params, dvc.yaml params).
+RUNTIME = (
+    "urls.threads", "urls.processes", "urls.distributor", "urls.chunk", "urls.work_dir", "urls.keep_work",
+    "urls.spark_master", "urls.spark_conf",
+    "faces.batch_size", "faces.insightface.device", "faces.insightface.cuda_fallback", "faces.insightface.model_dir",
+    "attributes.device", "attributes.in_memory_max", "attributes.predict_batch_size",
+    "captions.llm.batch_size", "captions.llm.concurrency", "captions.llm.cache_dir",
+    "train.num_workers", "train.threads", "train.resume_dir",
+    "evaluate.batch", "evaluate.device",
+    "quality.clip.batch", "quality.relevance.batch",
+)
+
+SHARD = "{shard}"
+ALL = "{shards}"
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    deps: tuple[str, ...]  # path templates; "{shard}" for per-shard, "{shards}" expands to all shards
-    outs: tuple[str, ...]
+    entry: str  # "module:function", called as function(cfg: StageConfig, io: StageIO) -> int
+    deps: dict[str, str]  # input name -> path template: "{shard}" for this job's shard, "{shards}" for all
+    outs: dict[str, str]  # output name -> path
     params: tuple[str, ...]  # top-level config sections the stage reads
     per_shard: bool = False
-    dirs: tuple[str, ...] = field(default=())  # outs that are directories
-    persist: tuple[str, ...] = field(default=())  # outs kept across reruns (caches)
-    code: tuple[str, ...] = field(default=())  # source folders/files whose change should re-run the stage
+    dirs: tuple[str, ...] = field(default=())  # output names that are directories
+    metrics: tuple[str, ...] = field(default=())  # output names that are DVC metrics (JSON, git-tracked)
+    plots: tuple[str, ...] = field(default=())  # output names that are DVC plots (CSV, git-tracked)
+    config_files: Callable[[dict], dict[str, list[str]]] | None = None  # files named in config: inputs
     help: str = ""
 
     @property
     def config_keys(self) -> tuple[str, ...]:
-        """Config sections the stage depends on: its own, plus those that decide the shard list when it
+        """Config sections the stage reads: its own, plus those that decide the shard list when it
         aggregates over all shards."""
-        extra = SHARD_KEYS if any("{shards}" in d for d in self.deps) else ()
+        extra = SHARD_KEYS if any(ALL in d for d in self.deps.values()) else ()
         return tuple(dict.fromkeys(self.params + extra))
 
-
-def _split_files(kind: str) -> tuple[str, ...]:
-    return tuple(f"{R}/labeled/{s}.{kind}" for s in LABELED_SPLITS)
-
-
-def _report(name: str, deps: tuple[str, ...], params: tuple[str, ...], code: str | tuple[str, ...],
-            help: str) -> Stage:
-    out = f"{R}/reports/{name}"
-    codes = (code,) if isinstance(code, str) else code
-    return Stage(f"report_{name}", deps=deps, outs=(out,), dirs=(out,), params=params,
-                 code=tuple(f"{PKG}/{c}" for c in codes), help=help)
+    @property
+    def module(self) -> str:
+        return self.entry.split(":")[0]
 
 
-SHARD = "{shard}"
-ALL = "{shards}"
+# -- files named in config ---------------------------------------------------------------------------------
+def _files(*pairs: tuple[str, object]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v]
+        if values:
+            out[name] = [str(v) for v in values]
+    return out
+
+
+def _optout_files(cfg: dict) -> dict[str, list[str]]:
+    return _files(("optout_lists", (cfg.get("optout") or {}).get("lists") or []))
+
+
+def _collect_files(cfg: dict) -> dict[str, list[str]]:
+    folder = cfg.get("folder") or {}
+    return {**_optout_files(cfg), **_files(("folder_csv", folder.get("csv") if cfg.get("source") == "folder" else None))}
+
+
+def _captions_files(cfg: dict) -> dict[str, list[str]]:
+    return _files(("grammar", (cfg.get("captions") or {}).get("grammar")))
+
+
+def _train_files(cfg: dict) -> dict[str, list[str]]:
+    return _files(("init", (cfg.get("train") or {}).get("init")))
+
+
+def _attributes_train_files(cfg: dict) -> dict[str, list[str]]:
+    return _files(("weights", (cfg.get("attributes") or {}).get("weights")))
+
+
+def _evaluate_files(cfg: dict) -> dict[str, list[str]]:
+    """The dataset lists (attribute, partition and landmark files; the image folders are data, not lists) and
+    the baselines' and the configured checkpoint's weights."""
+    ev = cfg.get("evaluate") or {}
+    lists = [f"{d['path'].rstrip('/')}/{d[k]}" for d in ev.get("datasets") or []
+             for k in ("attributes", "partition", "landmarks") if d.get(k)]
+    return _files(("dataset_lists", lists), ("baselines", [b["path"] for b in ev.get("baselines") or []]),
+                  ("checkpoint", ev.get("checkpoint")))
+
+
+def _labeled_files(cfg: dict) -> dict[str, list[str]]:
+    lab = cfg.get("labeled") or {}
+    if lab.get("source") != "celeba" or not lab.get("celeba_dir"):
+        return {}
+    root = str(lab["celeba_dir"]).rstrip("/")
+    names = ["list_attr_celeba.txt", "list_eval_partition.txt"]
+    if lab.get("celeba_landmarks"):
+        names.append(lab["celeba_landmarks"])
+    return _files(("celeba_lists", [f"{root}/{n}" for n in names]))
+
+
+# -- the stages ------------------------------------------------------------------------------------------------
+def _split(kind: str) -> dict[str, str]:
+    return {f"{s}_{kind}": f"{R}/labeled/{s}.{'tar' if kind == 'images' else 'parquet'}" for s in LABELED_SPLITS}
+
+
+def _report(name: str, entry: str, deps: dict[str, str], params: tuple[str, ...], help: str,
+            metrics: bool = True, **extra_outs: str) -> Stage:
+    outs = {"report": f"{R}/reports/{name}", **({"metrics": f"{METRICS}/{name}.json"} if metrics else {}), **extra_outs}
+    return Stage(f"report_{name}", entry=entry, deps=deps, outs=outs, dirs=("report",), params=params,
+                 metrics=("metrics",) if metrics else (), help=help)
+
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     # -- source -------------------------------------------------------------------------------------------
-    Stage("collect", deps=(), params=("seed", "source", "synthface", "urls", "folder", "optout"), per_shard=True,
-          outs=(f"{R}/collect/{SHARD}.tar", f"{R}/collect/{SHARD}.parquet", f"{R}/collect/{SHARD}.truth.parquet"),
-          code=(f"{PKG}/collect", f"{PKG}/synthface"), help="make or fetch source images into shards"),
-    Stage("labeled", deps=(), params=("seed", "labeled", "align"),
-          outs=_split_files("tar") + _split_files("parquet"),
-          code=(f"{PKG}/labeled", f"{PKG}/synthface", f"{PKG}/faces/align.py"),
+    Stage("collect", "facecaption.collect:run", deps={}, per_shard=True,
+          params=("seed", "source", "synthface", "urls", "folder", "optout"),
+          outs={"images": f"{R}/collect/{SHARD}.tar", "records": f"{R}/collect/{SHARD}.parquet",
+                "truth": f"{R}/collect/{SHARD}.truth.parquet"},
+          config_files=_collect_files, help="make or fetch source images into shards"),
+    Stage("labeled", "facecaption.labeled:run", deps={}, params=("seed", "labeled", "align"),
+          outs={**_split("images"), **_split("labels")}, config_files=_labeled_files,
           help="the labeled attribute set (synthface identities or CelebA) in train/val/test splits"),
-    _report("corpus", deps=(f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet", f"{R}/collect/{ALL}.tar"),
-            params=(), code="collect/report.py", help="corpus statistics, attribute frequencies, example grid"),
+    _report("corpus", "facecaption.collect.report:run",
+            deps={"records": f"{R}/collect/{ALL}.parquet", "truth": f"{R}/collect/{ALL}.truth.parquet",
+                  "images": f"{R}/collect/{ALL}.tar"},
+            params=(), help="corpus statistics, attribute frequencies, example grid"),
     # -- faces ---------------------------------------------------------------------------------------------
-    Stage("faces", deps=(f"{R}/collect/{SHARD}.tar", f"{R}/collect/{SHARD}.parquet"), per_shard=True,
-          params=("faces", "align", "optout"),
-          outs=(f"{R}/faces/{SHARD}.tar", f"{R}/faces/{SHARD}.parquet", f"{R}/faces/{SHARD}.records.parquet"),
-          code=(f"{PKG}/faces",), help="detect, filter and align faces"),
-    _report("faces", deps=(f"{R}/faces/{ALL}.parquet", f"{R}/faces/{ALL}.records.parquet",
-                           f"{R}/collect/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet",
-                           # the record accounting (facecaption.faces.accounting) follows records to the captions
-                           f"{R}/attributes/{ALL}.parquet", f"{R}/captions/{ALL}.parquet"),
-            params=("faces",), code=("faces", "accounting.py"), help="face funnel, record accounting, detection audit"),
+    Stage("faces", "facecaption.faces:run", per_shard=True, params=("faces", "align", "optout"),
+          deps={"images": f"{R}/collect/{SHARD}.tar", "records": f"{R}/collect/{SHARD}.parquet"},
+          outs={"crops": f"{R}/faces/{SHARD}.tar", "faces": f"{R}/faces/{SHARD}.parquet",
+                "records": f"{R}/faces/{SHARD}.records.parquet"},
+          config_files=_optout_files, help="detect, filter and align faces"),
+    _report("faces", "facecaption.faces.report:run",
+            deps={"faces": f"{R}/faces/{ALL}.parquet", "face_records": f"{R}/faces/{ALL}.records.parquet",
+                  "records": f"{R}/collect/{ALL}.parquet", "truth": f"{R}/collect/{ALL}.truth.parquet",
+                  # the record accounting (facecaption.faces.accounting) follows records to the captions
+                  "attributes": f"{R}/attributes/{ALL}.parquet", "captions": f"{R}/captions/{ALL}.parquet"},
+            params=("faces",), help="face funnel, record accounting, detection audit"),
     # -- attributes ----------------------------------------------------------------------------------------
-    Stage("attributes_train", deps=_split_files("tar") + _split_files("parquet"), params=("seed", "attributes"),
-          outs=(f"{R}/attributes/model.pt", f"{R}/attributes/model.json"),
-          code=(f"{PKG}/attributes",), help="train the attribute classifier on the labeled set"),
-    Stage("attributes", deps=(f"{R}/faces/{SHARD}.tar", f"{R}/faces/{SHARD}.parquet", f"{R}/attributes/model.pt",
-                              f"{R}/attributes/model.json"),
-          per_shard=True, params=("attributes",), outs=(f"{R}/attributes/{SHARD}.parquet",),
-          code=(f"{PKG}/attributes",), help="predict attributes, apply the paper's label and face filters"),
-    _report("attributes", deps=(f"{R}/attributes/{ALL}.parquet", f"{R}/faces/{ALL}.parquet",
-                                f"{R}/collect/{ALL}.truth.parquet", f"{R}/attributes/model.json",
-                                # the framing figure: crops the classifier learns from beside those it labels
-                                f"{R}/labeled/train.tar", f"{R}/faces/{ALL}.tar"),
-            params=("attributes",), code="attributes/report.py", help="attribute audit against ground truth"),
+    Stage("attributes_train", "facecaption.attributes:run_train", deps={**_split("images"), **_split("labels")},
+          params=("seed", "attributes"), outs={"model": f"{R}/attributes/model.pt", "card": f"{R}/attributes/model.json"},
+          config_files=_attributes_train_files, help="train the attribute classifier on the labeled set"),
+    Stage("attributes", "facecaption.attributes:run", per_shard=True, params=("attributes",),
+          deps={"crops": f"{R}/faces/{SHARD}.tar", "faces": f"{R}/faces/{SHARD}.parquet",
+                "model": f"{R}/attributes/model.pt", "card": f"{R}/attributes/model.json"},
+          outs={"attributes": f"{R}/attributes/{SHARD}.parquet"},
+          help="predict attributes, apply the paper's label and face filters"),
+    _report("attributes", "facecaption.attributes.report:run",
+            deps={"attributes": f"{R}/attributes/{ALL}.parquet", "faces": f"{R}/faces/{ALL}.parquet",
+                  "truth": f"{R}/collect/{ALL}.truth.parquet", "card": f"{R}/attributes/model.json",
+                  # the framing figure: crops the classifier learns from beside those it labels
+                  "labeled_images": f"{R}/labeled/train.tar", "crops": f"{R}/faces/{ALL}.tar"},
+            params=("attributes",), help="attribute audit against ground truth"),
     # -- captions ------------------------------------------------------------------------------------------
-    Stage("captions", deps=(f"{R}/faces/{SHARD}.tar", f"{R}/faces/{SHARD}.parquet", f"{R}/attributes/{SHARD}.parquet"),
-          per_shard=True, params=("seed", "captions"),
-          outs=(f"{R}/captions/{SHARD}.tar", f"{R}/captions/{SHARD}.parquet"),
-          code=(f"{PKG}/captions",), help="grammar captions (+ optional LLM rewrite) into training shards"),
-    _report("captions", deps=(f"{R}/captions/{ALL}.parquet", f"{R}/attributes/{ALL}.parquet",
-                              f"{R}/faces/{ALL}.parquet", f"{R}/collect/{ALL}.truth.parquet", f"{R}/captions/{ALL}.tar"),
-            params=("captions",), code="captions/report.py", help="caption faithfulness audit and examples"),
+    Stage("captions", "facecaption.captions:run", per_shard=True, params=("seed", "captions"),
+          deps={"crops": f"{R}/faces/{SHARD}.tar", "faces": f"{R}/faces/{SHARD}.parquet",
+                "attributes": f"{R}/attributes/{SHARD}.parquet"},
+          outs={"pairs": f"{R}/captions/{SHARD}.tar", "captions": f"{R}/captions/{SHARD}.parquet"},
+          config_files=_captions_files, help="grammar captions (+ optional LLM rewrite) into training shards"),
+    _report("captions", "facecaption.captions.report:run",
+            deps={"captions": f"{R}/captions/{ALL}.parquet", "attributes": f"{R}/attributes/{ALL}.parquet",
+                  "faces": f"{R}/faces/{ALL}.parquet", "truth": f"{R}/collect/{ALL}.truth.parquet",
+                  "pairs": f"{R}/captions/{ALL}.tar"},
+            params=("captions",), help="caption faithfulness audit and examples"),
     # -- training ------------------------------------------------------------------------------------------
-    Stage("train", deps=(f"{R}/captions/{ALL}.tar",), params=("seed", "train", "align"),
-          outs=(f"{R}/train/flip.pt", f"{R}/train/logs", f"{R}/train/open_clip"),
-          dirs=(f"{R}/train/logs", f"{R}/train/open_clip"),
-          code=(f"{PKG}/train",), help="FLIP pre-training (open_clip + Lightning)"),
-    _report("train", deps=(f"{R}/train/logs",), params=(), code="train/report.py", help="training curves"),
+    Stage("train", "facecaption.train:run", deps={"pairs": f"{R}/captions/{ALL}.tar"}, params=("seed", "train", "align"),
+          outs={"model": f"{R}/train/flip.pt", "logs": f"{R}/train/logs", "open_clip": f"{R}/train/open_clip",
+                "split": f"{R}/train/split.json"},
+          dirs=("logs", "open_clip"), config_files=_train_files, help="FLIP pre-training (open_clip + Lightning)"),
+    _report("train", "facecaption.train.report:run", deps={"logs": f"{R}/train/logs"}, params=(),
+            help="training curves", curve=f"{METRICS}/train_curve.csv"),
     # -- evaluation ----------------------------------------------------------------------------------------
-    Stage("evaluate", deps=(f"{R}/train/flip.pt", *_split_files("tar"), *_split_files("parquet"),
-                            f"{R}/captions/{ALL}.tar"),
-          params=("seed", "train", "align", "evaluate"), outs=(f"{R}/reports/evaluate",), dirs=(f"{R}/reports/evaluate",),
-          code=(f"{PKG}/evaluate",), help="linear probe, retrieval and zero-shot attributes with baselines"),
+    Stage("evaluate", "facecaption.evaluate:run",
+          deps={"model": f"{R}/train/flip.pt", "split": f"{R}/train/split.json", **_split("images"),
+                **_split("labels"), "pairs": f"{R}/captions/{ALL}.tar"},
+          params=("seed", "train", "align", "evaluate"),
+          outs={"report": f"{R}/reports/evaluate", "metrics": f"{METRICS}/evaluate.json"}, dirs=("report",),
+          metrics=("metrics",), config_files=_evaluate_files,
+          help="linear probe, retrieval and zero-shot attributes with baselines"),
     # -- quality -------------------------------------------------------------------------------------------
-    Stage("quality", deps=(f"{R}/captions/{SHARD}.tar", f"{R}/captions/{SHARD}.parquet", f"{R}/collect/{SHARD}.parquet",
-                           f"{R}/collect/{SHARD}.truth.parquet"),
-          per_shard=True, params=("quality",), outs=(f"{R}/quality/{SHARD}.parquet", f"{R}/quality/{SHARD}.ngrams.npz"),
-          code=(f"{PKG}/quality",), help="per-face image quality and per-caption text metrics"),
-    _report("quality", deps=(f"{R}/quality/{ALL}.parquet", f"{R}/quality/{ALL}.ngrams.npz",
-                             f"{R}/captions/{ALL}.parquet", f"{R}/captions/{ALL}.tar", f"{R}/collect/{ALL}.parquet",
-                             f"{R}/faces/{ALL}.records.parquet", f"{R}/attributes/{ALL}.parquet", f"{R}/train/flip.pt"),
-            params=("quality", "train", "align"), code="quality",
-            help="Table 1, quality histograms, relevance, dataset card"),
-    Stage("report_cost", deps=("benchmarks/results", f"{R}/collect/{ALL}.tar", f"{R}/faces/{ALL}.tar",
-                               f"{R}/captions/{ALL}.tar"),
-          params=("cost",), outs=(f"{R}/reports/cost",), dirs=(f"{R}/reports/cost",),
-          code=(f"{PKG}/cost.py",), help="CPU/GPU-hours, storage and wall time projected for the real run"),
+    Stage("quality", "facecaption.quality:run", per_shard=True, params=("quality",),
+          deps={"pairs": f"{R}/captions/{SHARD}.tar", "captions": f"{R}/captions/{SHARD}.parquet",
+                "records": f"{R}/collect/{SHARD}.parquet", "truth": f"{R}/collect/{SHARD}.truth.parquet"},
+          outs={"quality": f"{R}/quality/{SHARD}.parquet", "ngrams": f"{R}/quality/{SHARD}.ngrams.npz"},
+          help="per-face image quality and per-caption text metrics"),
+    _report("quality", "facecaption.quality.report:run",
+            deps={"quality": f"{R}/quality/{ALL}.parquet", "ngrams": f"{R}/quality/{ALL}.ngrams.npz",
+                  "captions": f"{R}/captions/{ALL}.parquet", "pairs": f"{R}/captions/{ALL}.tar",
+                  "records": f"{R}/collect/{ALL}.parquet", "face_records": f"{R}/faces/{ALL}.records.parquet",
+                  "attributes": f"{R}/attributes/{ALL}.parquet", "model": f"{R}/train/flip.pt",
+                  "split": f"{R}/train/split.json"},
+            params=("seed", "quality", "train", "align"), help="Table 1, quality histograms, relevance, dataset card"),
+    _report("cost", "facecaption.cost:run",
+            deps={"benchmarks": "benchmarks/results", "images": f"{R}/collect/{ALL}.tar",
+                  "crops": f"{R}/faces/{ALL}.tar", "pairs": f"{R}/captions/{ALL}.tar"},
+            params=("cost",), metrics=False,
+            help="CPU/GPU-hours, storage and wall time projected for the real run"),
     # -- paper ---------------------------------------------------------------------------------------------
-    Stage("paper", params=("paper", "source"),
-          deps=("paper/paper.typ", "paper/lib.typ", "paper/sections", f"{R}/reports/{{sections}}"),
-          outs=("paper/build/paper.pdf", f"{R}/tables"), dirs=(f"{R}/tables",),
-          code=(f"{PKG}/paper.py", f"{PKG}/report.py"), help="compile the paper from the reports"),
+    Stage("paper", "facecaption.paper:run", params=("paper", "source"),
+          deps={"typst": "paper/paper.typ", "lib": "paper/lib.typ", "sections": "paper/sections",
+                "reports": f"{R}/reports/{{sections}}"},
+          outs={"pdf": "paper/build/paper.pdf", "tables": f"{R}/tables"}, dirs=("tables",),
+          help="compile the paper from the reports"),
 ]}
 
 
-def shard_ids(config: dict) -> list[str]:
-    """Shard ids of the collect stage; every per-shard stage uses the same ids."""
-    source = config.get("source", "synthface")
-    if source == "synthface":
-        n = config["synthface"]["num_shards"]
-    elif source == "urls":
-        from facecaption.collect.urls import count_urls  # noqa: PLC0415 (only needed for this source)
-
-        n = math.ceil(count_urls(config["urls"]) / config["urls"]["per_shard"])
-    else:
-        from facecaption.collect.folder import count_images  # noqa: PLC0415
-
-        n = math.ceil(count_images(config["folder"]) / config["folder"]["per_shard"])
-    return [f"{i:05d}" for i in range(max(n, 1))]
-
-
-def paths(template: str, cfg: dict | None, shard: str | None = None, shards: list[str] | None = None) -> list[str]:
-    """Expand a path template: ``{shard}`` for one shard, ``{shards}`` for all shards, ``{sections}``
-    for the paper sections the config asks for."""
-    if "{shards}" in template:
-        shards = shards if shards is not None else shard_ids(cfg)
-        return [template.replace("{shards}", s) for s in shards]
+# -- paths -------------------------------------------------------------------------------------------------------
+def expand(template: str, cfg: dict | None, shards: list[str], shard: str | None = None) -> str | list[str]:
+    """A path template as a path (``{shard}`` filled in) or a list of paths (``{shards}``: one per shard;
+    ``{sections}``: one per paper section the config asks for)."""
+    if ALL in template:
+        return [template.replace(ALL, s) for s in shards]
     if "{sections}" in template:
         return [template.replace("{sections}", s) for s in cfg["paper"]["sections"]]
-    if "{shard}" in template and shard is not None:
-        return [template.replace("{shard}", shard)]
-    return [template]
+    if SHARD in template and shard is not None:
+        return template.replace(SHARD, shard)
+    return template
 
 
-def stage_deps(name: str, cfg: dict, shard: str | None = None, shards: list[str] | None = None) -> list[str]:
-    return [p for t in STAGES[name].deps for p in paths(t, cfg, shard, shards)]
+def stage_inputs(name: str, cfg: dict, shards: list[str], shard: str | None = None) -> dict[str, str | list[str]]:
+    """Named inputs: the registry's, then the files named in config."""
+    st = STAGES[name]
+    out = {k: expand(t, cfg, shards, shard) for k, t in st.deps.items()}
+    if st.config_files is not None:
+        out.update(st.config_files(cfg))
+    return out
 
 
-def stage_outs(name: str, shard: str | None = None) -> list[str]:
-    return [p for t in STAGES[name].outs for p in paths(t, None, shard)]
+def stage_outputs(name: str, shard: str | None = None) -> dict[str, str]:
+    return {k: expand(t, None, [], shard) for k, t in STAGES[name].outs.items()}
 
 
-def report_dir(name: str) -> str:
-    return f"{R}/reports/{name}"
+def flat(named: dict[str, str | list[str]]) -> list[str]:
+    return [p for v in named.values() for p in (v if isinstance(v, list) else [v])]
 
 
-def needed_stages(cfg: dict) -> list[str]:
+def stage_io(name: str, cfg: dict, shards: list[str], shard: str | None = None) -> StageIO:
+    st = STAGES[name]
+    if st.per_shard and shard is None:
+        raise ValueError(f"{name}: --shard is required (a per-shard stage)")
+    return StageIO(name, stage_inputs(name, cfg, shards, shard), stage_outputs(name, shard), shard, list(shards))
+
+
+# -- config ------------------------------------------------------------------------------------------------------
+def stage_config(name: str, cfg: dict) -> StageConfig:
+    """The stage's view of the config: the declared sections; reading another one raises."""
+    return StageConfig(name, cfg, STAGES[name].config_keys)
+
+
+def rerun_config(name: str, cfg: dict) -> tuple[dict, dict]:
+    """(result keys, runtime keys) of the sections the stage declares: the first is its rerun key."""
+    return split_keys(cfg, STAGES[name].config_keys, RUNTIME)
+
+
+# -- the DAG ----------------------------------------------------------------------------------------------------
+def needed_stages(cfg: dict, shards: list[str]) -> list[str]:
     """The stages the paper needs under this config (in registry order): the DAG Snakemake will plan."""
-    shards = shard_ids(cfg)
     producer = {}
     for name, st in STAGES.items():
         for sh in shards if st.per_shard else [None]:
-            for out in stage_outs(name, sh):
+            for out in stage_outputs(name, sh).values():
                 producer[out] = (name, sh)
     seen: set = set()
     stack = [("paper", None)]
@@ -184,7 +291,7 @@ def needed_stages(cfg: dict) -> list[str]:
         if job in seen:
             continue
         seen.add(job)
-        for dep in stage_deps(job[0], cfg, job[1], shards):
+        for dep in flat(stage_inputs(job[0], cfg, shards, job[1])):
             if dep in producer:
                 stack.append(producer[dep])
     names = {name for name, _ in seen}

@@ -143,6 +143,89 @@ def load(files: Iterable[str | Path] = ("config.yaml",), overrides: dict | None 
     return validate(merged)
 
 
+class UndeclaredConfig(ConfigError):
+    """A stage read a config section it does not declare (its ``params`` in :mod:`facecaption.workflow`)."""
+
+
+class StageConfig(dict):
+    """A stage's view of the config: the sections it declares, and an error for any other.
+
+    Reading an undeclared section (``cfg["seed"]``, ``cfg.get("seed", 0)``, ``"seed" in cfg``) raises
+    :class:`UndeclaredConfig` instead of falling back to a default: a value the stage reads but does not
+    declare is not in its rerun key, so a change to it would silently not re-run the stage (or, read with
+    a default, the stage would silently disagree with the stages that do declare it)."""
+
+    def __init__(self, stage: str, data: dict, declared):
+        self.stage = stage
+        self.declared = frozenset(declared)
+        super().__init__({k: v for k, v in data.items() if k in self.declared})
+
+    def _check(self, key) -> None:
+        if key not in self.declared:
+            raise UndeclaredConfig(f"config error: the {self.stage} stage reads config section {key!r}, which it does "
+                                   f"not declare (declared: {', '.join(sorted(self.declared))}); add it to its params "
+                                   f"in facecaption/workflow.py")
+
+    def __getitem__(self, key):
+        self._check(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._check(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+    def setdefault(self, key, default=None):
+        self._check(key)
+        return super().setdefault(key, default)
+
+    def __reduce__(self):
+        return StageConfig, (self.stage, dict(self), tuple(self.declared))
+
+    def __deepcopy__(self, memo):
+        return StageConfig(self.stage, copy.deepcopy(dict(self), memo), self.declared)
+
+
+def get_key(config: dict, dotted: str):
+    """``config["a"]["b"]`` for ``"a.b"``; KeyError when a part is missing."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def split_keys(config: dict, sections, runtime) -> tuple[dict, dict]:
+    """The ``sections`` of ``config`` as (result keys, runtime keys): ``runtime`` (dotted keys, e.g.
+    ``faces.batch_size``) are moved from the first dict to the second. The first is a stage's rerun key."""
+    result = {k: copy.deepcopy(dict.__getitem__(config, k)) for k in sections if dict.__contains__(config, k)}
+    run: dict = {}
+    for dotted in runtime:
+        *parents, leaf = dotted.split(".")
+        node, out = result, run
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            node = node[part]
+            out = out.setdefault(part, {})
+        if isinstance(node, dict) and leaf in node:
+            out[leaf] = node.pop(leaf)
+    return result, _prune(run)
+
+
+def _prune(d: dict) -> dict:
+    return {k: _prune(v) if isinstance(v, dict) else v for k, v in d.items() if not (isinstance(v, dict) and not _prune(v))}
+
+
+def canonical_json(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def section_json(config: dict, *keys: str) -> str:
     """The named top-level sections as canonical JSON: what a rule passes to its stage."""
     return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True, separators=(",", ":"))

@@ -55,9 +55,26 @@ def by_shard(*groups: list[str]) -> list[tuple[str, list[str | None]]]:
     return [(s, [m.get(s) for m in maps]) for s in order]
 
 
+def numeric(metrics: dict, prefix: str = "") -> dict:
+    """The numbers of a metrics dict, flattened to ``{"a.b": 1.0}`` (booleans and strings left out): what a
+    report writes as its DVC metrics file (``dvc metrics diff`` compares numbers)."""
+    out: dict = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(numeric(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+            out[name] = value
+    return out
+
+
 class Report:
-    def __init__(self, folder: str | os.PathLike):
+    """``metrics_file``: where :meth:`save` also writes the numeric metrics, flat (the stage's DVC metrics
+    output, ``results/metrics/<name>.json``); None = only ``metrics.json`` in the folder."""
+
+    def __init__(self, folder: str | os.PathLike, metrics_file: str | os.PathLike | None = None):
         self.folder = Path(folder)
+        self.metrics_file = None if metrics_file is None else Path(metrics_file)
         if self.folder.exists():
             shutil.rmtree(self.folder)
         (self.folder / "tables").mkdir(parents=True)
@@ -96,6 +113,9 @@ class Report:
 
     def save(self) -> None:
         (self.folder / "metrics.json").write_text(json.dumps(self.metrics, indent=1, sort_keys=True, ensure_ascii=False))
+        if self.metrics_file is not None:
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_file.write_text(json.dumps(numeric(self.metrics), indent=1, sort_keys=True) + "\n")
 
 
 def setup_plotting():

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from facecaption.core import reference
-from facecaption import workflow as W
+from facecaption.core.config import StageConfig
 from facecaption.core.report import Report, setup_plotting
+from facecaption.core.stage import StageIO
 
 
 def curves(logs: str | Path) -> pd.DataFrame:
@@ -22,11 +23,11 @@ def _series(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return df[["step", col]].dropna() if col in df else pd.DataFrame(columns=["step", col])
 
 
-def run(cfg: dict, args) -> int:
-    (logs,) = W.stage_deps("report_train", cfg)
+def run(cfg: StageConfig, io: StageIO) -> int:
+    logs = io.one("logs")
     summary = json.loads((Path(logs) / "summary.json").read_text())
     df = curves(logs)
-    rep = Report(W.report_dir("train"))
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     loss, vloss = _series(df, "train/loss"), _series(df, "val/loss")
     acc, vacc = _series(df, "train/acc"), _series(df, "val/acc")
     temp = _series(df, "train/temperature")
@@ -84,4 +85,7 @@ def run(cfg: dict, args) -> int:
     fig.tight_layout()
     rep.figure("curves", fig)
     rep.save()
+    # the DVC plot: `dvc plots show results/metrics/train_curve.csv` (x = step)
+    cols = [c for c in ("step", "train/loss", "val/loss", "train/acc", "val/acc", "train/temperature") if c in df]
+    df[cols].to_csv(io.outputs["curve"], index=False, float_format="%.6g")
     return 0

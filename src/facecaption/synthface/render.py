@@ -285,136 +285,180 @@ def _half_width(Y, g):
 # ------------------------------------------------------------------------------------------------
 # the face patch
 # ------------------------------------------------------------------------------------------------
-def _render_patch(identity, attrs, g, A, rng, light):
-    """Render the upright head into a premultiplied RGBA patch. Returns (layer, origin_px).
+class _Patch:
+    """Pixel grid of the upright face patch: ``A`` pixels per face unit, face origin at pixel (ox, oy).
 
     Coordinates are kept as broadcasting 1-D grids (X is (1, w), Y is (h, 1)) and every layer is
     computed only inside its own window of the patch, which keeps the cost low."""
-    R = g["R"]
-    x_min, x_max = -1.75, 1.75
-    y_min, y_max = -(R + 0.5), 2.7
-    pw = int(math.ceil((x_max - x_min) * A)) + 2
-    ph = int(math.ceil((y_max - y_min) * A)) + 2
-    ox, oy = -x_min * A, -y_min * A
-    xs = (np.arange(pw, dtype=np.float32) - ox) / A
-    ys = (np.arange(ph, dtype=np.float32) - oy) / A
 
-    def win(x0, x1, y0, y1):
+    def __init__(self, R, A):
+        x_min, x_max = -1.75, 1.75
+        y_min, y_max = -(R + 0.5), 2.7
+        self.A = A
+        self.pw = int(math.ceil((x_max - x_min) * A)) + 2
+        self.ph = int(math.ceil((y_max - y_min) * A)) + 2
+        self.ox, self.oy = -x_min * A, -y_min * A
+        self.xs = (np.arange(self.pw, dtype=np.float32) - self.ox) / A
+        self.ys = (np.arange(self.ph, dtype=np.float32) - self.oy) / A
+
+    def win(self, x0, x1, y0, y1):
+        """The window covering [x0, x1] × [y0, y1] (face units): ((rows, cols) slices, X, Y, |X|)."""
+        A, ox, oy, pw, ph = self.A, self.ox, self.oy, self.pw, self.ph
         c0, c1 = max(0, int(ox + x0 * A)), min(pw, int(math.ceil(ox + x1 * A)) + 1)
         r0, r1 = max(0, int(oy + y0 * A)), min(ph, int(math.ceil(oy + y1 * A)) + 1)
         rs, cs = slice(r0, r1), slice(c0, c1)
-        X = xs[cs][None, :]
-        Y = ys[rs][:, None]
+        X = self.xs[cs][None, :]
+        Y = self.ys[rs][:, None]
         return (rs, cs), X, Y, np.abs(X)
 
-    def soft(d):
-        return np.clip(d * A + 0.5, 0, 1)
+    def soft(self, d):
+        """Anti-aliased edge: 0 → 1 across one pixel around d = 0 (d in face units)."""
+        return np.clip(d * self.A + 0.5, 0, 1)
 
+    @staticmethod
     def fuzzy(d, w=0.035):
+        """Soft edge: 0 → 1 across ``w`` face units around d = 0 (hair and beard borders)."""
         return np.clip(d / w + 0.5, 0, 1)
 
-    lay = _Layer(ph, pw)
-    skin = _skin_colour(identity, attrs)
-    hair_name = _hair_name(identity, attrs)
-    hair_col = np.asarray(_HAIR[hair_name], np.float32)
-    lx, ly, lz = light["dir"]
-    amb = light["amb"]
-    ph4 = rng.uniform(0, 2 * np.pi, 4)
 
-    bald = attrs.get("Bald", False)
-    wavy = attrs.get("Wavy_Hair", False)
-    straight = attrs.get("Straight_Hair", False)
-    length = identity["hair_len"]
-    vol = identity["hair_volume"] * (1.3 if wavy else 1.0)
-    y_end = {"short": 0.05, "medium": 1.05, "long": 2.35}[length]
-    k1, k2, k3 = (60, 97, 151) if straight else (45, 77, 120)
+class _Hair:
+    """One face's hair: colour, style (bald, wavy, straight, length, volume), strand texture, lit colour and
+    outline.  Creating it draws the four strand phases from ``rng`` (the patch's first random draw)."""
 
-    th_tab = np.linspace(-np.pi, np.pi, 4096, dtype=np.float32)
-    str_tab = (0.5 * np.sin(k1 * th_tab + ph4[1]) + 0.3 * np.sin(k2 * th_tab + ph4[2])
-               + 0.2 * np.sin(k3 * th_tab + ph4[3])).astype(np.float32)
+    def __init__(self, identity, attrs, g, light, P, rng):
+        self.name = _hair_name(identity, attrs)
+        self.col = np.asarray(_HAIR[self.name], np.float32)
+        self.ph4 = ph4 = rng.uniform(0, 2 * np.pi, 4)
+        self.P, self.g, self.R = P, g, g["R"]
+        self.light_dir = light["dir"]
+        self.parting = identity["parting"]
+        self.bald = attrs.get("Bald", False)
+        self.wavy = attrs.get("Wavy_Hair", False)
+        self.straight = attrs.get("Straight_Hair", False)
+        self.length = identity["hair_len"]
+        self.vol = identity["hair_volume"] * (1.3 if self.wavy else 1.0)
+        self.y_end = {"short": 0.05, "medium": 1.05, "long": 2.35}[self.length]
+        self.x_max = 1.0 + self.vol + 0.12 * 2.4 + 0.06
+        k1, k2, k3 = (60, 97, 151) if self.straight else (45, 77, 120)
+        self.th_tab = th_tab = np.linspace(-np.pi, np.pi, 4096, dtype=np.float32)
+        self.str_tab = (0.5 * np.sin(k1 * th_tab + ph4[1]) + 0.3 * np.sin(k2 * th_tab + ph4[2])
+                        + 0.2 * np.sin(k3 * th_tab + ph4[3])).astype(np.float32)
 
-    def hair_tex(X, Y):
+    def tex(self, X, Y):
         """Strand pattern flowing down from the crown, in [-1, 1] (a function of the angle seen from
         a point above the head, looked up in a table)."""
-        theta = np.arctan2(X - identity["parting"] * 0.3, Y + R + 0.8)
-        if wavy:
+        R = self.R
+        theta = np.arctan2(X - self.parting * 0.3, Y + R + 0.8)
+        if self.wavy:
             rho = np.sqrt(X ** 2 + (Y + R + 0.8) ** 2)
-            theta = theta + 0.09 * np.sin(rho * 11 + ph4[0])
-        return np.interp(theta, th_tab, str_tab).astype(np.float32)
+            theta = theta + 0.09 * np.sin(rho * 11 + self.ph4[0])
+        return np.interp(theta, self.th_tab, self.str_tab).astype(np.float32)
 
-    def hair_rgb(X, Y):
-        strands = hair_tex(X, Y)
+    def rgb(self, X, Y):
+        """Lit hair colour (diffuse on the hair volume, strand texture, sheen band, clumps).
+        Returns (rgb, strands, diffuse)."""
+        R, vol, hair_col = self.R, self.vol, self.col
+        lx, ly, lz = self.light_dir
+        strands = self.tex(X, Y)
         nhx = X / (1.0 + vol)
         nhy = (Y + 0.2) / (R + vol)
         nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
         hdiff = np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
-        sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if straight else 0.35)
-        clump = 0.92 + 0.08 * np.sin(np.arctan2(X, Y + R + 0.8) * 9 + ph4[0])
+        sheen = np.exp(-(((Y + 0.55 * R) / 0.16) ** 2)) * (0.5 + 0.5 * strands) * (0.6 if self.straight else 0.35)
+        clump = 0.92 + 0.08 * np.sin(np.arctan2(X, Y + R + 0.8) * 9 + self.ph4[0])
         rgb = hair_col[None, None, :] * ((0.30 + 0.70 * hdiff) * (0.78 + 0.26 * strands) * clump)[..., None]
         rgb += (sheen * 0.25)[..., None] * (hair_col + 0.25)[None, None, :]
         return rgb, strands, hdiff
 
-    def hair_outline(X, Y, AX, strands=0.0):
-        fh = _half_width(np.minimum(Y, 0) * R / (R + vol), g) * (1 + vol)
-        if wavy:
-            fh = fh + 0.04 * np.sin(Y * 14 + ph4[0])
-        fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (length == "long"), fh)
+    def outline(self, X, Y, AX, strands=0.0):
+        """Side half width of the hair and its mask (top, sides and cut length, ragged by the strand ends).
+        Returns (half_width, mask)."""
+        R, vol, soft = self.R, self.vol, self.P.soft
+        fh = _half_width(np.minimum(Y, 0) * R / (R + vol), self.g) * (1 + vol)
+        if self.wavy:
+            fh = fh + 0.04 * np.sin(Y * 14 + self.ph4[0])
+        fh_side = np.where(Y > 0, (1.0 + vol) + 0.12 * np.clip(Y, 0, None) * (self.length == "long"), fh)
         fray = 0.025 * strands  # strand ends make the outline ragged
         return fh_side, (soft(fh_side - AX + fray) * soft(Y + R + vol + fray)
-                         * soft(y_end - Y + 0.03 * np.sin(X * 20) + 2 * fray))
+                         * soft(self.y_end - Y + 0.03 * np.sin(X * 20) + 2 * fray))
 
-    hx_max = 1.0 + vol + 0.12 * 2.4 + 0.06
-    # ---------------- back hair ------------------------------------------------------------------
-    hair_win = None
-    if not bald:
-        hair_win = win(-hx_max, hx_max, -R - vol - 0.05, max(y_end, 0.2) + 0.08)
+
+class _FaceWin:
+    """The face window of the patch: its grids X, Y and AX = |X|, the head outline's half width ``f`` per row
+    and the anti-aliased head mask ``head_in``."""
+
+    def __init__(self, P, g):
+        R = g["R"]
+        self.win, self.X, self.Y, self.AX = P.win(-1.14, 1.14, -R - 0.04, R + 0.1)
+        self.shape = (self.Y.shape[0], self.X.shape[1])
+        self.f = _half_width(self.Y, g).astype(np.float32)
+        self.head_in = P.soft(self.f - self.AX) * (self.Y > -R - 0.02) * (self.Y < R + 0.02)
+
+
+# ---------------- layers behind the face -------------------------------------------------------------
+def _draw_back_hair(lay, P, attrs, hair):
+    """Hair behind the head, or a fringe at the sides of an old bald head.  Returns the back hair's
+    (window, colour, strands), which the front hair is cut from, or None when bald."""
+    R, vol, hx_max = hair.R, hair.vol, hair.x_max
+    if not hair.bald:
+        hair_win = P.win(-hx_max, hx_max, -R - vol - 0.05, max(hair.y_end, 0.2) + 0.08)
         w_, X, Y, AX = hair_win
-        hair_all, hair_str, _ = hair_rgb(X, Y)
-        _, out = hair_outline(X, Y, AX, hair_str)
+        hair_all, hair_str, _ = hair.rgb(X, Y)
+        _, out = hair.outline(X, Y, AX, hair_str)
         lay.over(hair_all * 0.85, out, w_)
-    elif not attrs.get("Young", True):
-        w_, X, Y, AX = win(-hx_max, hx_max, -0.6, 0.2)
-        rgb, _, _ = hair_rgb(X, Y)
-        fh_side, _ = hair_outline(X, Y, AX)
+        return hair_win, hair_all, hair_str
+    if not attrs.get("Young", True):
+        soft = P.soft
+        w_, X, Y, AX = P.win(-hx_max, hx_max, -0.6, 0.2)
+        rgb, _, _ = hair.rgb(X, Y)
+        fh_side, _ = hair.outline(X, Y, AX)
         fringe = soft(fh_side - AX) * soft(AX - 0.75) * soft(0.15 - Y) * soft(Y + 0.55)
         lay.over(rgb, fringe * 0.9, w_)
+    return None
 
-    # ---------------- neck -----------------------------------------------------------------------
+
+def _draw_neck(lay, P, g, attrs, skin, light):
+    """The neck (wider for men and chubby faces), darker under the chin and rounded at the sides."""
+    R, soft = g["R"], P.soft
+    lx = light["dir"][0]
     nwid = (0.50 if attrs.get("Male") else 0.42) + (0.08 if attrs.get("Chubby") else 0.0)
     neck_end = R + 0.5
-    w_, X, Y, AX = win(-nwid - 0.05, nwid + 0.05, 0.5, neck_end + 0.1)
-    neck_m = soft(nwid - AX) * soft(Y - 0.5) * fuzzy(neck_end - Y, 0.1)
+    w_, X, Y, AX = P.win(-nwid - 0.05, nwid + 0.05, 0.5, neck_end + 0.1)
+    neck_m = soft(nwid - AX) * soft(Y - 0.5) * P.fuzzy(neck_end - Y, 0.1)
     neck_shade = (0.55 + 0.25 * np.clip((Y - R) / 0.5, 0, 1)
                   + 0.15 * np.sqrt(np.clip(1 - (X / nwid) ** 2, 0, 1))) * (0.9 + 0.1 * (X * lx / nwid))
     lay.over(skin[None, None, :] * neck_shade[..., None], neck_m, w_)
 
-    # ---------------- ears -----------------------------------------------------------------------
-    ex_ear = float(_half_width(np.float32(0.15), g)) + 0.02
-    if length == "short" or bald:
-        w_, X, Y, AX = win(-ex_ear - 0.2, ex_ear + 0.2, -0.15, 0.5)
-        ear_d = ((AX - ex_ear) / 0.13) ** 2 + ((Y - 0.17) / 0.26) ** 2
-        ear_m = soft((1 - ear_d) * 0.12) * (AX > ex_ear - 0.1)
-        ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
-        ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
-        lay.over(ear_col, ear_m, w_)
 
-    # ---------------- double chin: a soft fold peeking out below the chin ------------------------
-    if attrs.get("Double_Chin"):
-        w_, X, Y, AX = win(-0.7, 0.7, R - 0.4, R + 0.3)
-        dcy = R - 0.04
-        e = (X / 0.46) ** 2 + ((Y - dcy) / 0.19) ** 2
-        dc_m = soft((1 - e) * 0.12)
-        dc_shade = (0.62 + 0.25 * np.sqrt(np.clip(1 - e, 0, 1))) * (1 - 0.3 * np.exp(-0.5 * ((Y - dcy - 0.12) / 0.03) ** 2))
-        lay.over(skin[None, None, :] * dc_shade[..., None], dc_m, w_)
+def _draw_ears(lay, P, skin, light, ex_ear):
+    """Both ears (drawn when short hair or baldness leaves them visible), with a darker inner ear."""
+    lx = light["dir"][0]
+    w_, X, Y, AX = P.win(-ex_ear - 0.2, ex_ear + 0.2, -0.15, 0.5)
+    ear_d = ((AX - ex_ear) / 0.13) ** 2 + ((Y - 0.17) / 0.26) ** 2
+    ear_m = P.soft((1 - ear_d) * 0.12) * (AX > ex_ear - 0.1)
+    ear_inner = _g(AX, Y, ex_ear + 0.02, 0.15, 0.05, 0.13)
+    ear_col = skin[None, None, :] * ((0.78 - 0.3 * ear_inner) * (0.9 + 0.1 * X * lx))[..., None]
+    lay.over(ear_col, ear_m, w_)
 
-    # ---------------- face window ----------------------------------------------------------------
-    wf, X, Y, AX = win(-1.14, 1.14, -R - 0.04, R + 0.1)
-    fh_, fw_ = Y.shape[0], X.shape[1]
-    f = _half_width(Y, g).astype(np.float32)
-    head_in = soft(f - AX) * (Y > -R - 0.02) * (Y < R + 0.02)
 
-    # height map (face units)
-    ex, ey, ew = g["ex"], g["ey"], g["ew"]
+def _draw_double_chin(lay, P, g, skin):
+    """Double chin: a soft, shaded fold peeking out below the chin."""
+    R = g["R"]
+    w_, X, Y, AX = P.win(-0.7, 0.7, R - 0.4, R + 0.3)
+    dcy = R - 0.04
+    e = (X / 0.46) ** 2 + ((Y - dcy) / 0.19) ** 2
+    dc_m = P.soft((1 - e) * 0.12)
+    dc_shade = (0.62 + 0.25 * np.sqrt(np.clip(1 - e, 0, 1))) * (1 - 0.3 * np.exp(-0.5 * ((Y - dcy - 0.12) / 0.03) ** 2))
+    lay.over(skin[None, None, :] * dc_shade[..., None], dc_m, w_)
+
+
+# ---------------- the face: relief, shading, albedo and its parts ------------------------------------
+def _height_map(F, g, attrs):
+    """Face relief (face units): head ellipsoid, eye sockets and eyeballs, brow ridge, glabella, nose bridge,
+    tip and wings, cheekbones, chubby cheeks, lips, chin and eye bags."""
+    X, Y, AX, f = F.X, F.Y, F.AX, F.f
+    R = g["R"]
+    ex, ey = g["ex"], g["ey"]
     ny, nw, nh = g["ny"], g["nw"], g["nh"]
     my, mw = g["my"], g["mw"]
     r2 = np.clip(1 - (X / np.maximum(f, 1e-3)) ** 2, 0, 1)
@@ -437,9 +481,14 @@ def _render_patch(identity, attrs, g, A, rng, light):
     z += 0.07 * _g(X, Y, 0, R - 0.20, 0.22, 0.12)  # chin
     if attrs.get("Bags_Under_Eyes"):
         z += 0.03 * _g(AX, Y, ex, ey + 0.17, 0.15, 0.035)
-    z = z.astype(np.float32)
+    return z.astype(np.float32)
 
-    # shading: normals from the height map, diffuse + ambient, creases, specular
+
+def _shading(z, A, light):
+    """Shading from the height map's normals: diffuse + ambient, darkened in creases (Laplacian), and a
+    small specular highlight.  Returns (shade, spec)."""
+    lx, ly, lz = light["dir"]
+    amb = light["amb"]
     zp = z * A
     gx = cv2.Sobel(zp, cv2.CV_32F, 1, 0, ksize=3) * 0.125
     gy = cv2.Sobel(zp, cv2.CV_32F, 0, 1, ksize=3) * 0.125
@@ -451,11 +500,21 @@ def _render_patch(identity, attrs, g, A, rng, light):
     hn = math.sqrt(hx * hx + hy * hy + hz * hz)
     ndh = np.clip((-gx * hx - gy * hy + hz) * (inv / hn), 0, 1)
     spec = light["spec"] * ndh ** 28
+    return shade, spec
 
-    # albedo
+
+def _skin_albedo(F, g, attrs, skin, light, rng):
+    """Skin albedo ``alb`` and the multiplicative darkening ``dark`` (applied once, when the face is
+    composed): skin texture (the patch's second random draw, when the light asks for texture), darker eye
+    sockets, shadow under the nose, nostrils, nasolabial folds and eye bags.  Returns (alb, dark)."""
+    X, Y, AX = F.X, F.Y, F.AX
+    fh_, fw_ = F.shape
+    ex, ey = g["ex"], g["ey"]
+    ny, nw = g["ny"], g["nw"]
+    my, mw = g["my"], g["mw"]
     alb = np.empty((fh_, fw_, 3), np.float32)
     alb[:] = skin
-    dark = np.ones((fh_, fw_), np.float32)  # multiplicative darkening, applied once
+    dark = np.ones((fh_, fw_), np.float32)
     if light["tex"] > 0:
         tex = cv2.resize(rng.standard_normal((max(2, fh_ // 4), max(2, fw_ // 4))).astype(np.float32),
                          (fw_, fh_), interpolation=cv2.INTER_LINEAR)
@@ -471,32 +530,53 @@ def _render_patch(identity, attrs, g, A, rng, light):
     dark *= 1 - fold_k * np.exp(-0.5 * (dd / 0.02) ** 2) * (1 - tt * 0.5)
     if attrs.get("Bags_Under_Eyes"):
         dark *= 1 - 0.22 * _g(AX, Y, ex, ey + 0.15, 0.15, 0.03)
-    if not attrs.get("Young", True):
-        for yy in (-0.52, -0.62, -0.72):  # forehead lines
-            dark *= 1 - 0.10 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX)
-        for k_ in (-0.35, 0.0, 0.35):  # crow's feet at the outer eye corners
-            ang = (AX - ex - 1.15 * ew) * k_ - (Y - ey) * 1.0
-            dark *= 1 - 0.16 * np.exp(-0.5 * (ang / 0.012) ** 2) * _g(AX, Y, ex + 1.35 * ew, ey, 0.06, 0.08)
-        dark *= 1 - 0.14 * np.exp(-0.5 * ((Y - ey - 0.20 - 0.08 * ((AX - ex) / 0.2) ** 2) / 0.012) ** 2) \
-            * soft(ex + 0.2 - AX) * soft(AX - ex + 0.2)  # under-eye line
-        dark *= 1 - 0.12 * _g(AX, Y, mw + 0.08, my + 0.22, 0.06, 0.12)  # jowls / marionette lines
+    return alb, dark
+
+
+def _age_lines(F, P, g, dark):
+    """Wrinkles of an old face: forehead lines, crow's feet, under-eye lines and jowls / marionette lines."""
+    X, Y, AX, soft = F.X, F.Y, F.AX, P.soft
+    ex, ey, ew = g["ex"], g["ey"], g["ew"]
+    my, mw = g["my"], g["mw"]
+    for yy in (-0.52, -0.62, -0.72):  # forehead lines
+        dark *= 1 - 0.10 * np.exp(-0.5 * ((Y - yy - 0.03 * X ** 2) / 0.012) ** 2) * soft(0.6 - AX)
+    for k_ in (-0.35, 0.0, 0.35):  # crow's feet at the outer eye corners
+        ang = (AX - ex - 1.15 * ew) * k_ - (Y - ey) * 1.0
+        dark *= 1 - 0.16 * np.exp(-0.5 * (ang / 0.012) ** 2) * _g(AX, Y, ex + 1.35 * ew, ey, 0.06, 0.08)
+    dark *= 1 - 0.14 * np.exp(-0.5 * ((Y - ey - 0.20 - 0.08 * ((AX - ex) / 0.2) ** 2) / 0.012) ** 2) \
+        * soft(ex + 0.2 - AX) * soft(AX - ex + 0.2)  # under-eye line
+    dark *= 1 - 0.12 * _g(AX, Y, mw + 0.08, my + 0.22, 0.06, 0.12)  # jowls / marionette lines
+
+
+def _cheeks_and_chin(F, P, g, attrs, alb, dark):
+    """Shadow under high cheekbones, the double chin's crease, and rosy cheeks or make-up blush."""
+    X, Y, AX = F.X, F.Y, F.AX
+    R = g["R"]
     if attrs.get("High_Cheekbones"):
         dark *= 1 - 0.10 * _g(AX, Y, 0.62, 0.50, 0.16, 0.07)
     if attrs.get("Double_Chin"):
-        dark *= 1 - 0.25 * np.exp(-0.5 * ((Y - (R - 0.05) + 0.25 * X ** 2) / 0.02) ** 2) * soft(0.45 - AX)
+        dark *= 1 - 0.25 * np.exp(-0.5 * ((Y - (R - 0.05) + 0.25 * X ** 2) / 0.02) ** 2) * P.soft(0.45 - AX)
     if attrs.get("Rosy_Cheeks"):
         _mix(alb, (0.86, 0.36, 0.38), 0.35 * _g(AX, Y, 0.52, 0.38, 0.18, 0.13))
     elif attrs.get("Heavy_Makeup"):
         _mix(alb, (0.85, 0.45, 0.45), 0.20 * _g(AX, Y, 0.55, 0.35, 0.18, 0.13))
 
-    # stubble: starts low on the cheeks
-    beard_low = np.clip((Y - (0.56 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)
-    if attrs.get("5_o_Clock_Shadow"):
-        stub = np.clip(beard_low + 0.9 * _g(X, Y, 0, my - 0.1, 0.3, 0.05) * (Y > ny + 0.08), 0, 1)
-        stub_tex = 0.55 + 0.45 * rng.random((fh_, fw_), dtype=np.float32)
-        _mix(alb, hair_col * 0.6 + 0.04, stub * 0.38 * stub_tex)
 
-    # lips and mouth
+def _stubble(F, g, hair, alb, rng):
+    """5 o'clock shadow: a grainy tint low on the cheeks and above the lip (the patch's last random draw)."""
+    X, Y, AX = F.X, F.Y, F.AX
+    fh_, fw_ = F.shape
+    beard_low = np.clip((Y - (0.56 + 0.22 * np.clip(1 - AX, 0, 1))) / 0.12, 0, 1)  # starts low on the cheeks
+    stub = np.clip(beard_low + 0.9 * _g(X, Y, 0, g["my"] - 0.1, 0.3, 0.05) * (Y > g["ny"] + 0.08), 0, 1)
+    stub_tex = 0.55 + 0.45 * rng.random((fh_, fw_), dtype=np.float32)
+    _mix(alb, hair.col * 0.6 + 0.04, stub * 0.38 * stub_tex)
+
+
+def _mouth(F, P, g, identity, attrs, skin, alb, dark):
+    """Lips (lipstick or the identity's lip tint; the upper lip darker), mouth line and corners, and an
+    open mouth with teeth.  Returns (lip_m, up_top, cline): lip mask, top of the upper lip, mouth line."""
+    Y, AX, soft = F.Y, F.AX, P.soft
+    my, mw = g["my"], g["mw"]
     u = np.clip(AX / mw, 0, 1.5)
     q_m = np.clip(1 - u ** 2, 0, 1)
     cline = my - g["smile"] * (u ** 2) + 0.012 * (u < 1)
@@ -520,8 +600,15 @@ def _render_patch(identity, attrs, g, A, rng, light):
         teeth_m = open_m * soft(cline + 0.25 * gap - Y) * soft(0.85 * mw - AX)
         _mix(alb, (0.22, 0.07, 0.07), open_m)
         _mix(alb, (0.90, 0.88, 0.82), teeth_m * (0.95 if g["smile"] else 0.7))
+    return lip_m, up_top, cline
 
-    # eyes: almond opening, iris, pupil, greyish sclera, lash line, lid crease
+
+def _eyes(F, P, g, identity, light, alb):
+    """Eyeballs seen through an almond opening: greyish sclera, iris (turned by the gaze), pupil and the upper
+    lid's shadow.  Returns (lids, open_e, catch): lids = (ux, uy, q, up_lid, lo_lid) in eye units for
+    ``_eyelids``, the opening's mask and the catch-light."""
+    X, Y, AX, soft = F.X, F.Y, F.AX, P.soft
+    ex, ey, ew = g["ex"], g["ey"], g["ew"]
     gaze = light["gaze"]
     ux = (AX - ex) / ew
     uy = (Y - ey) / ew
@@ -543,6 +630,16 @@ def _render_patch(identity, attrs, g, A, rng, light):
     _mix(e_rgb, (0.02, 0.02, 0.02), soft((0.42 - rr) * ri))
     e_rgb *= (1 - 0.35 * np.clip(1 - (uy - up_lid) / 0.3, 0, 1))[..., None]  # lid shadow
     _mix(alb, e_rgb, open_e)
+    catch = _g(AX, Y, icx - 0.25 * ri, icy - 0.3 * ri, 0.06 * ew, 0.06 * ew) * open_e
+    return (ux, uy, q, up_lid, lo_lid), open_e, catch
+
+
+def _eyelids(F, P, g, identity, attrs, alb, dark, lids, open_e):
+    """Lash line (thicker and winged with Heavy_Makeup), lid crease, lower-lid line and, with Heavy_Makeup,
+    eye shadow on the lids."""
+    soft = P.soft
+    ew = g["ew"]
+    ux, uy, q, up_lid, lo_lid = lids
     mk = attrs.get("Heavy_Makeup", False)
     d_up = uy - up_lid
     lash_w = 0.11 if mk else 0.075
@@ -560,7 +657,11 @@ def _render_patch(identity, attrs, g, A, rng, light):
         lidm = np.clip(-d_up / 0.45, 0, 1) * soft((d_up + 0.6) * ew) * soft((1.05 - np.abs(ux)) * ew)
         _mix(alb, shadow_col, 0.5 * lidm * (1 - open_e))
 
-    # eyebrows
+
+def _eyebrows(F, P, g, attrs, hair, alb):
+    """Eyebrows: arched or gently curved, thin or bushy (with a hair texture), coloured after the hair."""
+    X, Y, AX, soft = F.X, F.Y, F.AX, P.soft
+    hair_col = hair.col
     b0, b1 = 0.14, 0.78
     tb = np.clip((AX - b0) / (b1 - b0), 0, 1)
     arched = attrs.get("Arched_Eyebrows", False)
@@ -572,22 +673,32 @@ def _render_patch(identity, attrs, g, A, rng, light):
     ybc = g["by"] - amp * prof + 0.03 * (1 - tb)
     th = (0.058 if bushy else (0.030 if arched else 0.037)) * (1.15 - 0.55 * tb)
     brow_m = soft(th - np.abs(Y - ybc)) * soft(AX - b0) * soft(b1 - AX)
-    brow_col = hair_col if hair_name == "black" else hair_col * 0.55 + 0.02
+    brow_col = hair_col if hair.name == "black" else hair_col * 0.55 + 0.02
     if attrs.get("Blond_Hair") or attrs.get("Gray_Hair"):
         brow_col = hair_col * 0.5
     btex = (0.8 + 0.2 * np.sin(X * 150 + Y * 40)) if bushy else 1.0
     _mix(alb, brow_col, brow_m * (0.92 if bushy else 0.8) * btex)
 
-    # compose the face
-    alb *= dark[..., None]
-    col = alb * shade[..., None] + (spec * head_in * (1 - open_e))[..., None]
-    col = col * (1 - 0.35 * open_e)[..., None] + alb * (0.30 * open_e)[..., None]  # eyes less shaded
-    catch = _g(AX, Y, icx - 0.25 * ri, icy - 0.3 * ri, 0.06 * ew, 0.06 * ew) * open_e
-    col += (0.7 * catch)[..., None]
-    lay.over(col, head_in, wf)
 
-    # beard / mustache / sideburns (fuzzy edges, strand texture)
-    beard_m = np.zeros((fh_, fw_), np.float32)
+def _compose_face(lay, F, alb, dark, shade, spec, open_e, catch):
+    """Light the face: darkened albedo × shading + specular (none on the eyes, which are also shaded less),
+    plus the eyes' catch-light; composited inside the head outline."""
+    alb *= dark[..., None]
+    col = alb * shade[..., None] + (spec * F.head_in * (1 - open_e))[..., None]
+    col = col * (1 - 0.35 * open_e)[..., None] + alb * (0.30 * open_e)[..., None]  # eyes less shaded
+    col += (0.7 * catch)[..., None]
+    lay.over(col, F.head_in, F.win)
+
+
+def _draw_beard(lay, F, P, g, attrs, hair, shade, lips):
+    """Goatee or full beard, mustache and sideburns: fuzzy-edged masks (kept off the lips) drawn with a
+    strand texture, shaded like the face."""
+    X, Y, AX, f = F.X, F.Y, F.AX, F.f
+    soft, fuzzy = P.soft, P.fuzzy
+    R = g["R"]
+    ny, my, mw = g["ny"], g["my"], g["mw"]
+    lip_m, up_top, cline = lips
+    beard_m = np.zeros(F.shape, np.float32)
     if attrs.get("Goatee"):
         if attrs.get("Mustache") and attrs.get("Sideburns"):  # full beard
             full_low = np.clip((Y - (0.64 + 0.20 * np.clip(1 - AX, 0, 1))) / 0.14, 0, 1)  # low on the cheeks
@@ -607,78 +718,141 @@ def _render_patch(identity, attrs, g, A, rng, light):
         sb = fuzzy(AX - (f - 0.15)) * soft(f + 0.02 - AX) * fuzzy(Y + 0.3) * fuzzy(0.45 - Y)
         beard_m = np.maximum(beard_m, sb)
     if beard_m.any():
-        strands = hair_tex(X, Y + 0.3 * X)
-        bcol = (hair_col * 0.85 + 0.02)[None, None, :] * (shade * (0.82 + 0.25 * strands))[..., None]
-        lay.over(bcol, beard_m * 0.93 * (0.85 + 0.15 * strands), wf)
+        strands = hair.tex(X, Y + 0.3 * X)
+        bcol = (hair.col * 0.85 + 0.02)[None, None, :] * (shade * (0.82 + 0.25 * strands))[..., None]
+        lay.over(bcol, beard_m * 0.93 * (0.85 + 0.15 * strands), F.win)
 
-    # ---------------- front hair -----------------------------------------------------------------
-    if not bald:
-        w_, X, Y, AX = win(-hx_max, hx_max, -R - vol - 0.05, min(y_end, 0.2) + 0.06)
-        (hrs, hcs), (rs, cs) = hair_win[0], w_
-        sub = (slice(rs.start - hrs.start, rs.stop - hrs.start), slice(cs.start - hcs.start, cs.stop - hcs.start))
-        fray = hair_str[sub]
-        fh_side, hair_out = hair_outline(X, Y, AX, fray)
-        f = _half_width(Y, g)
-        if attrs.get("Bangs"):
-            hl = -0.36 + 0.025 * np.sin(X * 23 + ph4[2]) + 0.15 * X ** 2
-        elif attrs.get("Receding_Hairline"):
-            hl = -1.0 + 0.25 * X ** 2 - 0.22 * np.exp(-0.5 * ((AX - 0.45) / 0.15) ** 2)  # M-shaped
-        else:
-            hl = -0.82 + 0.30 * X ** 2 + 0.05 * np.abs(X - identity["parting"] * 0.5)
-        front = soft(hl - Y + 0.03 * fray) * soft(fh_side - AX + 0.025 * fray) * soft(Y + R + vol)
-        front = np.maximum(front, soft(AX - 0.80) * soft(0.20 - Y) * hair_out * soft(AX - f + 0.06))
-        lay.over(hair_all[sub], front, w_)
 
-    # ---------------- hat ------------------------------------------------------------------------
+def _draw_face(lay, P, identity, attrs, g, skin, hair, light, rng):
+    """The face inside the head outline: relief and shading, skin, age lines, cheeks, stubble, mouth, eyes,
+    eyebrows, then the beard on top."""
+    F = _FaceWin(P, g)
+    z = _height_map(F, g, attrs)
+    shade, spec = _shading(z, P.A, light)
+    alb, dark = _skin_albedo(F, g, attrs, skin, light, rng)
+    if not attrs.get("Young", True):
+        _age_lines(F, P, g, dark)
+    _cheeks_and_chin(F, P, g, attrs, alb, dark)
+    if attrs.get("5_o_Clock_Shadow"):
+        _stubble(F, g, hair, alb, rng)
+    lips = _mouth(F, P, g, identity, attrs, skin, alb, dark)
+    lids, open_e, catch = _eyes(F, P, g, identity, light, alb)
+    _eyelids(F, P, g, identity, attrs, alb, dark, lids, open_e)
+    _eyebrows(F, P, g, attrs, hair, alb)
+    _compose_face(lay, F, alb, dark, shade, spec, open_e, catch)
+    _draw_beard(lay, F, P, g, attrs, hair, shade, lips)
+
+
+# ---------------- layers in front of the face --------------------------------------------------------
+def _draw_front_hair(lay, P, g, identity, attrs, hair, back):
+    """Hair over the forehead and temples, cut from the back hair: bangs, a receding (M-shaped) hairline or
+    a plain parted one, plus the locks falling beside the cheeks."""
+    soft = P.soft
+    R, vol, hx_max = hair.R, hair.vol, hair.x_max
+    hair_win, hair_all, hair_str = back
+    w_, X, Y, AX = P.win(-hx_max, hx_max, -R - vol - 0.05, min(hair.y_end, 0.2) + 0.06)
+    (hrs, hcs), (rs, cs) = hair_win[0], w_
+    sub = (slice(rs.start - hrs.start, rs.stop - hrs.start), slice(cs.start - hcs.start, cs.stop - hcs.start))
+    fray = hair_str[sub]
+    fh_side, hair_out = hair.outline(X, Y, AX, fray)
+    f = _half_width(Y, g)
+    if attrs.get("Bangs"):
+        hl = -0.36 + 0.025 * np.sin(X * 23 + hair.ph4[2]) + 0.15 * X ** 2
+    elif attrs.get("Receding_Hairline"):
+        hl = -1.0 + 0.25 * X ** 2 - 0.22 * np.exp(-0.5 * ((AX - 0.45) / 0.15) ** 2)  # M-shaped
+    else:
+        hl = -0.82 + 0.30 * X ** 2 + 0.05 * np.abs(X - identity["parting"] * 0.5)
+    front = soft(hl - Y + 0.03 * fray) * soft(fh_side - AX + 0.025 * fray) * soft(Y + R + vol)
+    front = np.maximum(front, soft(AX - 0.80) * soft(0.20 - Y) * hair_out * soft(AX - f + 0.06))
+    lay.over(hair_all[sub], front, w_)
+
+
+def _draw_hat(lay, P, g, light):
+    """A hat: a lit dome over the head with a darker band at its rim."""
+    soft = P.soft
+    R = g["R"]
+    lx, ly, lz = light["dir"]
+    w_, X, Y, AX = P.win(-1.3, 1.3, -R - 0.35, -0.3)
+    hat_col = np.asarray(light["hat"], np.float32)
+    hline = -0.60 + 0.08 * X ** 2
+    hat_w = _half_width(np.minimum(Y, 0) * R / (R + 0.18), g) * 1.14
+    dome = soft(hline - Y) * soft(hat_w - AX) * soft(Y + R + 0.25)
+    band = soft(hline + 0.02 - Y) * soft(Y - (hline - 0.14)) * soft(1.18 - AX)
+    nhx, nhy = X / 1.15, (Y + 0.2) / (R + 0.2)
+    nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
+    hshade = 0.35 + 0.65 * np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
+    hat_rgb = hat_col[None, None, :] * hshade[..., None]
+    lay.over(hat_rgb, dome, w_)
+    lay.over(hat_rgb * 0.7, band, w_)
+
+
+def _draw_glasses(lay, P, g, light):
+    """Eyeglasses: see-through (or dark sunglass) lenses, frame, bridge and temples."""
+    soft = P.soft
+    lx, ly = light["dir"][:2]
+    ex, ey = g["ex"], g["ey"]
+    w_, X, Y, AX = P.win(-1.14, 1.14, -0.4, 0.4)
+    f = _half_width(Y, g)
+    gcol = np.asarray(light["glasses_col"], np.float32)
+    rx, ry = 0.30, (0.23 if light["sun"] else 0.20)
+    gcy = ey + 0.02
+    se = (np.abs((AX - ex) / rx) ** 3.0 + np.abs((Y - gcy) / ry) ** 3.0) ** (1 / 3.0)
+    thick = light["glasses_th"]
+    lens = soft((1 - se) * ry)
+    frame = soft((1 + thick / ry - se) * ry) * (1 - lens)
+    rs, cs = w_
+    if light["sun"]:
+        lay.rgb[rs, cs] *= (1 - 0.55 * lens)[..., None]
+        lay.rgb[rs, cs] += (0.04 * lens)[..., None] * gcol
+    else:
+        lay.over(np.full(3, 0.9, np.float32), lens * 0.06, w_)
+    bridge = soft(thick * 0.6 - np.abs(Y - gcy + 0.06)) * soft(ex - rx + 0.01 - AX)
+    temple = soft(thick * 0.6 - np.abs(Y - gcy + 0.08)) * soft(AX - ex - rx + 0.02) * soft(f + 0.06 - AX)
+    gshade = 0.8 + 0.2 * np.clip(X * lx - (Y - gcy) * ly, -1, 1)
+    lay.over(gcol[None, None, :] * gshade[..., None], np.clip(frame + bridge + temple, 0, 1), w_)
+
+
+def _draw_earrings(lay, P, light, ex_ear):
+    """Earrings on both lobes: hoops or studs, lit from the light's side."""
+    lx, ly = light["dir"][:2]
+    w_, X, Y, AX = P.win(-ex_ear - 0.25, ex_ear + 0.25, 0.3, 0.7)
+    ecol = np.asarray(light["ear_col"], np.float32)
+    elx, ely = ex_ear - 0.02, 0.44
+    if light["hoop"]:
+        em = P.soft(0.028 - np.abs(np.hypot(AX - elx, Y - ely - 0.11) - 0.10))
+    else:
+        em = P.soft(0.06 - np.hypot(AX - elx, Y - ely - 0.03))
+    eshade = 0.7 + 0.5 * np.clip(-(X - np.sign(X) * elx) * lx * 8 - (Y - ely) * ly * 8, -0.4, 0.6)
+    lay.over(ecol[None, None, :] * eshade[..., None], em, w_)
+
+
+def _render_patch(identity, attrs, g, A, rng, light):
+    """Render the upright head into a premultiplied RGBA patch. Returns (layer, origin_px).
+
+    Layers, back to front: back hair, neck, ears, double chin, face (with beard), front hair, hat,
+    glasses, earrings.  Random draws, in order: hair strand phases, then skin texture and stubble grain
+    (each only when drawn)."""
+    P = _Patch(g["R"], A)
+    lay = _Layer(P.ph, P.pw)
+    skin = _skin_colour(identity, attrs)
+    hair = _Hair(identity, attrs, g, light, P, rng)
+    back = _draw_back_hair(lay, P, attrs, hair)
+    _draw_neck(lay, P, g, attrs, skin, light)
+    ex_ear = float(_half_width(np.float32(0.15), g)) + 0.02
+    if hair.length == "short" or hair.bald:
+        _draw_ears(lay, P, skin, light, ex_ear)
+    if attrs.get("Double_Chin"):
+        _draw_double_chin(lay, P, g, skin)
+    _draw_face(lay, P, identity, attrs, g, skin, hair, light, rng)
+    if not hair.bald:
+        _draw_front_hair(lay, P, g, identity, attrs, hair, back)
     if attrs.get("Wearing_Hat"):
-        w_, X, Y, AX = win(-1.3, 1.3, -R - 0.35, -0.3)
-        hat_col = np.asarray(light["hat"], np.float32)
-        hline = -0.60 + 0.08 * X ** 2
-        hat_w = _half_width(np.minimum(Y, 0) * R / (R + 0.18), g) * 1.14
-        dome = soft(hline - Y) * soft(hat_w - AX) * soft(Y + R + 0.25)
-        band = soft(hline + 0.02 - Y) * soft(Y - (hline - 0.14)) * soft(1.18 - AX)
-        nhx, nhy = X / 1.15, (Y + 0.2) / (R + 0.2)
-        nhz = np.sqrt(np.clip(1 - nhx ** 2 - nhy ** 2, 0.05, 1))
-        hshade = 0.35 + 0.65 * np.clip(nhx * lx + nhy * ly + nhz * lz, 0, 1)
-        hat_rgb = hat_col[None, None, :] * hshade[..., None]
-        lay.over(hat_rgb, dome, w_)
-        lay.over(hat_rgb * 0.7, band, w_)
-
-    # ---------------- glasses (see-through lenses, frame, bridge, temples) -----------------------
+        _draw_hat(lay, P, g, light)
     if attrs.get("Eyeglasses"):
-        w_, X, Y, AX = win(-1.14, 1.14, -0.4, 0.4)
-        f = _half_width(Y, g)
-        gcol = np.asarray(light["glasses_col"], np.float32)
-        rx, ry = 0.30, (0.23 if light["sun"] else 0.20)
-        gcy = ey + 0.02
-        se = (np.abs((AX - ex) / rx) ** 3.0 + np.abs((Y - gcy) / ry) ** 3.0) ** (1 / 3.0)
-        thick = light["glasses_th"]
-        lens = soft((1 - se) * ry)
-        frame = soft((1 + thick / ry - se) * ry) * (1 - lens)
-        rs, cs = w_
-        if light["sun"]:
-            lay.rgb[rs, cs] *= (1 - 0.55 * lens)[..., None]
-            lay.rgb[rs, cs] += (0.04 * lens)[..., None] * gcol
-        else:
-            lay.over(np.full(3, 0.9, np.float32), lens * 0.06, w_)
-        bridge = soft(thick * 0.6 - np.abs(Y - gcy + 0.06)) * soft(ex - rx + 0.01 - AX)
-        temple = soft(thick * 0.6 - np.abs(Y - gcy + 0.08)) * soft(AX - ex - rx + 0.02) * soft(f + 0.06 - AX)
-        gshade = 0.8 + 0.2 * np.clip(X * lx - (Y - gcy) * ly, -1, 1)
-        lay.over(gcol[None, None, :] * gshade[..., None], np.clip(frame + bridge + temple, 0, 1), w_)
-
-    # ---------------- earrings -------------------------------------------------------------------
+        _draw_glasses(lay, P, g, light)
     if attrs.get("Wearing_Earrings"):
-        w_, X, Y, AX = win(-ex_ear - 0.25, ex_ear + 0.25, 0.3, 0.7)
-        ecol = np.asarray(light["ear_col"], np.float32)
-        elx, ely = ex_ear - 0.02, 0.44
-        if light["hoop"]:
-            em = soft(0.028 - np.abs(np.hypot(AX - elx, Y - ely - 0.11) - 0.10))
-        else:
-            em = soft(0.06 - np.hypot(AX - elx, Y - ely - 0.03))
-        eshade = 0.7 + 0.5 * np.clip(-(X - np.sign(X) * elx) * lx * 8 - (Y - ely) * ly * 8, -0.4, 0.6)
-        lay.over(ecol[None, None, :] * eshade[..., None], em, w_)
-
-    return lay, (ox, oy)
+        _draw_earrings(lay, P, light, ex_ear)
+    return lay, (P.ox, P.oy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -777,30 +951,10 @@ def _draw_torso(canvas, origin, a, roll, g, identity, attrs, light, part, shift=
                    tuple(int(v) for v in chain * 220), -1, cv2.LINE_AA, shift)
 
 
-def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, identity: dict,
-                attributes: dict, rng: np.random.Generator) -> dict:
-    """Draw one face (with hair, neck and shoulders) into ``canvas`` (H, W, 3 uint8 RGB) in place.
-
-    ``center`` is the centre of the face box, ``face_width`` the cheek-to-cheek width in pixels.
-    Returns {"box": (x0, y0, x1, y1), "landmarks": [[x, y] * 5]} with the box clipped to the canvas and the
-    landmarks in the order left eye (image left), right eye, nose tip, mouth left, mouth right.
-    """
-    Hc, Wc = canvas.shape[:2]
-    g = _geometry(identity, attributes)
-    light = _sample_light(rng)
-    a = face_width / 2.0
-    roll = math.radians(roll_deg)
-    box_mid = (_BOX_TOP + g["R"]) / 2
-    origin = _to_canvas(np.array([0.0, -box_mid]), np.asarray(center, np.float64), a, roll)
-
-    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light, "under")
-
-    # internal resolution: supersample small faces, cap large ones
-    A = float(min(max(a, min(2 * a, 14.0)), _MAX_A))
-    lay, (ox, oy) = _render_patch(identity, attributes, g, A, rng, light)
+def _crop_patch(lay, ox, oy):
+    """Crop the patch to its painted part (plus a 2 px margin) as premultiplied RGBA with colour in 0..255.
+    Returns (rgba, (ox, oy)) with the face origin moved along with the crop."""
     ph, pw = lay.a.shape
-    k = a / A
-    # crop the patch to its painted part, premultiplied colour in 0..255
     rows = np.flatnonzero(lay.a.max(1) > 0)
     cols = np.flatnonzero(lay.a.max(0) > 0)
     r0, r1 = max(0, rows[0] - 2), min(ph, rows[-1] + 3)
@@ -808,17 +962,15 @@ def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, 
     rgba = np.empty((r1 - r0, c1 - c0, 4), np.float32)
     rgba[..., :3] = lay.rgb[r0:r1, c0:c1] * 255
     rgba[..., 3] = lay.a[r0:r1, c0:c1]
-    ox, oy = ox - c0, oy - r0
+    return rgba, (ox - c0, oy - r0)
+
+
+def _paste_patch(canvas, rgba, M, blur_sigma):
+    """Warp the premultiplied patch by M (patch → canvas pixels) with one ``cv2.warpAffine`` over its
+    footprint only, and composite it onto ``canvas`` in place; with ``blur_sigma`` > 0 the face and its
+    edge are blurred into the background (Blurry)."""
+    Hc, Wc = canvas.shape[:2]
     ph, pw = rgba.shape[:2]
-    if k < 0.9:  # supersampled: low-pass before shrinking
-        rgba = cv2.GaussianBlur(rgba, (0, 0), 0.45 / k)
-    blur_sigma = 0.0
-    if attributes.get("Blurry"):
-        blur_sigma = float(rng.uniform(1.2, 2.2)) * max(1.0, a / 60)
-    # affine map patch → canvas (scale, roll, translation) in one warp
-    c, s_ = math.cos(roll), math.sin(roll)
-    M = np.array([[k * c, -k * s_, 0.0], [k * s_, k * c, 0.0]])
-    M[:, 2] = origin - M[:, :2] @ np.array([ox, oy])
     corners = np.array([[0, 0], [pw, 0], [0, ph], [pw, ph]], np.float64)
     cc = corners @ M[:, :2].T + M[:, 2]
     pad = int(math.ceil(3 * blur_sigma)) + 2
@@ -843,6 +995,41 @@ def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, 
             region *= 1 - alpha
             region += warped[..., :3]
         canvas[y0:y1, x0:x1] = cv2.convertScaleAbs(region)
+
+
+def render_face(canvas: np.ndarray, center, face_width: float, roll_deg: float, identity: dict,
+                attributes: dict, rng: np.random.Generator) -> dict:
+    """Draw one face (with hair, neck and shoulders) into ``canvas`` (H, W, 3 uint8 RGB) in place.
+
+    ``center`` is the centre of the face box, ``face_width`` the cheek-to-cheek width in pixels.
+    Returns {"box": (x0, y0, x1, y1), "landmarks": [[x, y] * 5]} with the box clipped to the canvas and the
+    landmarks in the order left eye (image left), right eye, nose tip, mouth left, mouth right.
+    """
+    Hc, Wc = canvas.shape[:2]
+    g = _geometry(identity, attributes)
+    light = _sample_light(rng)
+    a = face_width / 2.0
+    roll = math.radians(roll_deg)
+    box_mid = (_BOX_TOP + g["R"]) / 2
+    origin = _to_canvas(np.array([0.0, -box_mid]), np.asarray(center, np.float64), a, roll)
+
+    _draw_torso(canvas, origin, a, roll, g, identity, attributes, light, "under")
+
+    # internal resolution: supersample small faces, cap large ones
+    A = float(min(max(a, min(2 * a, 14.0)), _MAX_A))
+    lay, (ox, oy) = _render_patch(identity, attributes, g, A, rng, light)
+    k = a / A
+    rgba, (ox, oy) = _crop_patch(lay, ox, oy)
+    if k < 0.9:  # supersampled: low-pass before shrinking
+        rgba = cv2.GaussianBlur(rgba, (0, 0), 0.45 / k)
+    blur_sigma = 0.0
+    if attributes.get("Blurry"):
+        blur_sigma = float(rng.uniform(1.2, 2.2)) * max(1.0, a / 60)
+    # affine map patch → canvas (scale, roll, translation) in one warp
+    c, s_ = math.cos(roll), math.sin(roll)
+    M = np.array([[k * c, -k * s_, 0.0], [k * s_, k * c, 0.0]])
+    M[:, 2] = origin - M[:, :2] @ np.array([ox, oy])
+    _paste_patch(canvas, rgba, M, blur_sigma)
 
     _draw_torso(canvas, origin, a, roll, g, identity, attributes, light, "over")
     pts = _to_canvas(_face_outline(g), origin, a, roll)

@@ -65,8 +65,9 @@ def serve(latency: float, images: list[bytes]) -> ThreadingHTTPServer:
 def run_once(n: int, threads: int, processes: int, chunk: int, port: int, work: Path) -> dict:
     import pandas as pd
 
+    from facecaption.cli import main as facecaption_main
+    from facecaption.collect import download as D
     from facecaption.core import config as fc_config
-    from facecaption.collect import urls as U
     from facecaption.core.shards import read_parquet
 
     if work.exists():
@@ -81,7 +82,7 @@ def run_once(n: int, threads: int, processes: int, chunk: int, port: int, work: 
     os.chdir(work)
     try:
         timings = {}
-        orig = U.download_chunks
+        orig = D.download_chunks
 
         def timed(*a, **kw):
             t = time.perf_counter()
@@ -89,11 +90,13 @@ def run_once(n: int, threads: int, processes: int, chunk: int, port: int, work: 
             timings["download_s"] = time.perf_counter() - t
             return out
 
-        U.download_chunks = timed
+        D.download_chunks = timed
         t0 = time.perf_counter()
-        U.collect_shard(cfg, "00000")
+        try:  # the collect job, in-process: its outputs from the stage registry, as Snakemake runs it
+            assert facecaption_main(["collect", "--cfg", json.dumps(cfg), "--shard", "00000"]) == 0
+        finally:
+            D.download_chunks = orig
         total = time.perf_counter() - t0
-        U.download_chunks = orig
         table = read_parquet("results/collect/00000.parquet")
     finally:
         os.chdir(cwd)

@@ -11,8 +11,8 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import run_stage, tiny_config
-from facecaption import workflow as W
 from facecaption.collect import folder as F
+from facecaption.collect.plan import shard_ids
 from facecaption.core.shards import iter_samples, read_parquet
 
 
@@ -55,7 +55,7 @@ def test_folder_source(workdir):
     cfg = folder_cfg(root)
     expected = ["a.png", "b/a.JPG", "b/z.jpg", "big.png", "c/broken.jpg", "c/d/deep.jpeg", "c/rot.jpg"]
     assert F.list_images(cfg["folder"]) == expected
-    shards = W.shard_ids(cfg)
+    shards = shard_ids(cfg)
     assert shards == ["00000", "00001", "00002"]
     for sh in shards:
         assert run_stage("collect", cfg, sh) == 0
@@ -163,3 +163,28 @@ def test_sixteen_bit_gray_png_keeps_its_face(workdir):
         assert img.loc[table.loc[name, "key"], "status"] == "kept", (name, img.loc[table.loc[name, "key"], "reason"])
     faces = read_parquet("results/faces/00000.parquet")
     assert sorted(faces.image_key) == sorted(table.key)
+
+
+def test_unreadable_file_gives_the_same_bytes_twice(workdir, monkeypatch):
+    """A folder holding files that do not decode, collected twice into two folders: byte-identical shards, and
+    no memory address (PIL's ``<_io.BytesIO object at 0x7f…>``) in the error messages."""
+    root = workdir / "photos"
+    _img(root / "good.jpg", 1)
+    (root / "garbage.jpg").write_bytes(b"this is not an image at all\x00\x01\x02" * 8)
+    (root / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    cfg = tiny_config(source="folder", folder={"root": str(root), "per_shard": 10})
+    runs, held = [], []
+    for name in ("first", "second"):
+        run_dir = workdir / name
+        run_dir.mkdir()
+        monkeypatch.chdir(run_dir)
+        held.extend(io.BytesIO() for _ in range(64))  # the heap differs between the runs, as between two jobs
+        assert run_stage("collect", cfg, "00000") == 0
+        runs.append({ext: (run_dir / f"results/collect/00000.{ext}").read_bytes()
+                     for ext in ("tar", "parquet", "truth.parquet")})
+    table = read_parquet(workdir / "first/results/collect/00000.parquet").set_index("path")
+    assert dict(table.status) == {"garbage.jpg": "decode_error", "good.jpg": "success", "truncated.png": "decode_error"}
+    for msg in table.loc[["garbage.jpg", "truncated.png"], "error_message"]:
+        assert msg and "0x" not in msg and " at " not in msg, msg
+    assert "UnidentifiedImageError: cannot identify image file" in table.loc["garbage.jpg", "error_message"]
+    assert runs[0] == runs[1]

@@ -21,8 +21,12 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_stage, tiny_config
-from facecaption import workflow as W
+from facecaption.collect import download as D
+from facecaption.collect import opener as O
+from facecaption.collect import url_inputs as I
 from facecaption.collect import urls as U
+from facecaption.collect.common import clean_message
+from facecaption.collect.plan import shard_ids
 from facecaption.core.optout import OptOut, url_sha256
 from facecaption.core.shards import iter_samples, read_parquet
 
@@ -225,8 +229,8 @@ def url_config(srv: Server, tmp: Path, list_path: Path, **over) -> dict:
 def test_download_statuses_and_shards(workdir, server, fmt):
     list_path, rows = write_list(server, workdir, fmt)
     cfg = url_config(server, workdir, list_path)
-    assert U.count_urls(cfg["urls"]) == len(rows)
-    shards = W.shard_ids(cfg)
+    assert I.count_urls(cfg["urls"]) == len(rows)
+    shards = shard_ids(cfg)
     assert shards == ["00000", "00001"]
     for sh in shards:
         assert run_stage("collect", cfg, sh) == 0
@@ -236,8 +240,9 @@ def test_download_statuses_and_shards(workdir, server, fmt):
     got = dict(zip(table["url"].fillna(""), table["status"]))
     assert got == {u: st for u, st in rows}, table[["url", "status", "error_message"]].to_string()
     assert set(table["status"]) <= set(U.STATUSES)
-    # failures are named
+    # failures are named, without memory addresses (the same bytes on every run)
     assert table.loc[table.status != "success", "error_message"].notna().all()
+    assert not table["error_message"].fillna("").str.contains(" at 0x").any(), table["error_message"].tolist()
     assert set(table.loc[table.url.str.contains("/missing/").fillna(False), "http_status"]) == {404}
     # released columns kept; a clash with an output column is renamed
     assert list(table["face_caption"]) == [f"a face {i}" for i in range(len(rows))]
@@ -274,8 +279,8 @@ def test_download_statuses_and_shards(workdir, server, fmt):
 def test_csv_input_and_missing_input(workdir, server, capsys):
     list_path, rows = write_list(server, workdir, "csv")
     cfg = url_config(server, workdir, list_path, per_shard=100)
-    assert U.count_urls(cfg["urls"]) == len(rows)
-    df, kept = U.read_slice(cfg["urls"], 3, 9)
+    assert I.count_urls(cfg["urls"]) == len(rows)
+    df, kept = I.read_slice(cfg["urls"], 3, 9)
     assert list(df["row"]) == list(range(3, 9)) and "face_caption" in kept
     cfg["urls"]["input"] = str(workdir / "nope.parquet")
     assert run_stage("collect", cfg, "00000") == 2
@@ -299,7 +304,7 @@ def test_optout_parsing():
 
 
 def test_guarded_opener_refuses_non_http(server):
-    op = U.guarded_opener(1000, 5.0, OptOut())
+    op = O.guarded_opener(1000, 5.0, OptOut())
     for url in ("file:///etc/passwd", "ftp://127.0.0.1/x"):
         with pytest.raises(Exception) as exc:
             op.open(url, timeout=1)
@@ -347,7 +352,7 @@ def test_kill_and_resume(workdir, server):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    done = [c for c in range(n // 4) if U.chunk_done(i2d, c)]
+    done = [c for c in range(n // 4) if D.chunk_done(i2d, c)]
     assert 2 <= len(done) < n // 4, "the kill should land mid-shard"
     assert not Path("results/collect/00000.tar").exists()
     hits_before = Counter(server.hits)
@@ -381,8 +386,8 @@ def test_total_timeout_bounds_one_download(server, path):
     total = 1.0
     opened = False
     t0 = time.monotonic()
-    with pytest.raises(U.GuardError) as exc:
-        with U.guarded_opener(1_000_000, total, OptOut()).open(server.url(path), timeout=5) as resp:
+    with pytest.raises(O.GuardError) as exc:
+        with O.guarded_opener(1_000_000, total, OptOut()).open(server.url(path), timeout=5) as resp:
             opened = True  # the headers arrived: the deadline strikes in the body
             resp.read()
     took = time.monotonic() - t0
@@ -413,3 +418,31 @@ def test_total_timeout_bounds_a_trickling_server_in_a_chunk(workdir, server):
         assert "total_timeout" in msg and not table.loc[server.url(p), "downloaded"], (p, msg)
     keys = [s["__key__"] for s in iter_samples("results/collect/00000.tar")]
     assert keys == ["00000_00000", "00000_00002", "00000_00005"]
+
+
+def test_clean_message():
+    assert clean_message("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0e50>") == \
+        "cannot identify image file <_io.BytesIO object>"
+    assert clean_message("pointer 0x7f3a2b1c0e50 freed") == "pointer 0x… freed"
+    assert clean_message("EXIF tag 0x0112 ignored") == "EXIF tag 0x0112 ignored"  # a short code is no address
+    assert clean_message(None) is None and clean_message(float("nan")) is None
+
+
+def test_planning_imports_no_downloader(workdir):
+    """Shard planning (what Snakemake and the CLI do before any job) neither imports img2dataset nor changes
+    the environment: only the collect job of the URL source does (facecaption.collect.download)."""
+    pd.DataFrame({"url": [f"http://127.0.0.1:1/{i}.jpg" for i in range(7)]}).to_parquet(workdir / "list.parquet")
+    cfg = tiny_config(source="urls", urls={"input": str(workdir / "list.parquet"), "per_shard": 3})
+    code = (
+        "import json, os, sys\n"
+        "before = dict(os.environ)\n"
+        "from facecaption.collect.plan import shard_ids\n"
+        f"ids = shard_ids(json.loads({json.dumps(json.dumps(cfg))}))\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.startswith(('img2dataset', 'wandb', 'albumentations', 'facecaption.collect.download')))\n"
+        "print(json.dumps([ids, heavy, dict(os.environ) == before]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for var in ("NO_ALBUMENTATIONS_UPDATE", "WANDB_MODE", "WANDB_SILENT"):
+        env.pop(var, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["00000", "00001", "00002"], [], True]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from facecaption.collect.synthface import alt_text, plan_image
 from facecaption.core import config as fc_config
 from facecaption.core import rng as rngmod
-from facecaption.collect.synthface import alt_text, plan_image
 from facecaption.core.shards import encode_jpeg
 from facecaption.synthface.render import render_image, sample_identity
 

@@ -1,31 +1,30 @@
 """Stage 1, collect: images into webdataset shards, as a real crawl writes them.
 
-Each shard ``results/collect/<shard>.tar`` holds ``key.jpg`` (the image), ``key.txt`` (its alt-text-like
-caption) and ``key.json`` (metadata); ``<shard>.parquet`` has one row per attempted image with its status
-(as img2dataset writes), and ``<shard>.truth.parquet`` the ground truth per face, read only by audits
-(empty for real sources).
+Each shard's ``images`` output (``results/collect/<shard>.tar``) holds ``key.jpg`` (the image), ``key.txt``
+(its alt-text-like caption) and ``key.json`` (metadata); ``records`` (``<shard>.parquet``) has one row per
+attempted image with its status (as img2dataset writes), and ``truth`` (``<shard>.truth.parquet``) the ground
+truth per face, read only by audits (empty for real sources).
+
+Every source module (``synthface``, ``urls``, ``folder``) offers the same two functions: ``plan(cfg) -> int``
+(the number of shards, :mod:`facecaption.collect.plan`) and ``collect_shard(cfg, io)`` (one shard into
+``io.outputs``); :func:`run` calls the configured source's.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from facecaption.core.config import SourceError, require_path  # noqa: F401 (the sources' input checks)
+from facecaption.core.config import SourceError, StageConfig
+from facecaption.core.stage import StageIO
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    if args.shard is None:
+def run(cfg: StageConfig, io: StageIO) -> int:
+    from facecaption.collect.plan import source_module  # noqa: PLC0415
+
+    if io.shard is None:
         raise SystemExit("collect: --shard is required")
-    source = cfg.get("source", "synthface")
-    if source == "synthface":
-        from facecaption.collect.synthface import collect_shard
-    elif source == "urls":
-        from facecaption.collect.urls import collect_shard
-    else:
-        from facecaption.collect.folder import collect_shard
     try:
-        collect_shard(cfg, args.shard)
+        source_module(cfg).collect_shard(cfg, io)
     except SourceError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -15,19 +15,21 @@ The sample URL is ``folder://<relative path>`` (opt-out entries can name single 
 
 from __future__ import annotations
 
-import io
 import logging
+import math
 import os
 import re
 from collections import Counter
 from functools import lru_cache
+from io import BytesIO
 from pathlib import Path
 
 import pandas as pd
 
-from facecaption import workflow as W
-from facecaption.collect import SourceError, require_path
+from facecaption.collect.common import clean_message, empty_truth, error_message, jsonable
+from facecaption.core.config import SourceError, StageConfig, require_path
 from facecaption.core.optout import OptOut
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,11 @@ def count_images(fcfg: dict) -> int:
     return len(list_images(fcfg))
 
 
+def plan(cfg: dict) -> int:
+    """The number of collect shards: the images over ``folder.per_shard``, at least one."""
+    return max(math.ceil(count_images(cfg["folder"]) / cfg["folder"]["per_shard"]), 1)
+
+
 def read_captions(fcfg: dict, images: list[str]) -> tuple[dict[str, dict], list[str]]:
     """Map image relative path -> CSV row (caption + attribute columns); and the attribute column names."""
     if not fcfg.get("csv"):
@@ -138,7 +145,7 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
         return None, None, None, "too_large", f"{size} bytes over max_bytes ({fcfg['max_bytes']})"
     data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(BytesIO(data)) as im:
             w, h = im.size
             if w * h > fcfg["max_pixels"]:
                 return None, None, None, "too_many_pixels", f"{w}x{h} over max_pixels ({fcfg['max_pixels']})"
@@ -153,23 +160,23 @@ def load_image(path: Path, fcfg: dict) -> tuple[bytes | None, int | None, int | 
             rgb = to_rgb(ImageOps.exif_transpose(im))  # 16-bit/float gray scaled, alpha on white: picture kept
             return encode_jpeg(np.asarray(rgb), quality=95), rgb.width, rgb.height, "success", None
     except Image.DecompressionBombError as exc:
-        return None, None, None, "too_many_pixels", str(exc)
+        return None, None, None, "too_many_pixels", clean_message(str(exc))
     except Exception as exc:  # noqa: BLE001 (any decoder error: not an image)
-        return None, None, None, "decode_error", f"{type(exc).__name__}: {exc}"
+        return None, None, None, "decode_error", error_message(exc)  # no memory address: same bytes every run
 
 
-def collect_shard(cfg: dict, shard: str) -> None:
-    from facecaption.collect.urls import _jsonable, empty_truth  # noqa: PLC0415
+def collect_shard(cfg: StageConfig, io: StageIO) -> None:
+    """Pack shard ``io.shard``'s images into the outputs ``images`` (tar) and ``records``; ``truth`` is empty."""
     from facecaption.core.shards import ShardWriter, write_parquet  # noqa: PLC0415
 
-    fcfg = cfg["folder"]
-    tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)
+    fcfg, shard = cfg["folder"], io.shard
+    tar_path, parquet_path, truth_path = io.outputs["images"], io.outputs["records"], io.outputs["truth"]
     images = list_images(fcfg)
     per = fcfg["per_shard"]
     lo = int(shard) * per
     mine = images[lo:lo + per]
     extra, attrs = read_captions(fcfg, images)
-    optout = OptOut.from_config(cfg.get("optout"))
+    optout = OptOut.from_config(cfg["optout"])
     root = Path(str(fcfg["root"])).expanduser()
     rows = []
     with ShardWriter(tar_path) as writer:
@@ -188,7 +195,7 @@ def collect_shard(cfg: dict, shard: str) -> None:
             if jpg is not None:
                 writer.write({"__key__": key, "jpg": jpg, "txt": caption,
                               "json": {"key": key, "url": url, "width": w, "height": h, "source": SOURCE,
-                                       **{c: _jsonable(v) for c, v in kept.items()}}})
+                                       **{c: jsonable(v) for c, v in kept.items()}}})
             rows.append(row)
     table = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, *attrs])
     for col in ("width", "height"):
@@ -198,5 +205,3 @@ def collect_shard(cfg: dict, shard: str) -> None:
     write_parquet(empty_truth(), truth_path)
     log.info("shard %s: %d files, %d written; %s", shard, len(table), int((table.status == "success").sum()),
              table["status"].value_counts().to_dict())
-
-

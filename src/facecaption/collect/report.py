@@ -5,19 +5,20 @@ a ``CorpusSummary`` (counts, sums, distinct identities); the example grid reads 
 
 from __future__ import annotations
 
-import argparse
-import io
 from collections import Counter
+from io import BytesIO
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from facecaption import workflow as W
-from facecaption.core.sketch import Distinct
-from facecaption.core.report import Report, by_shard, read_columns, setup_plotting, shard_of
+from facecaption.collect.common import funnel
+from facecaption.core.config import StageConfig
+from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
 from facecaption.core.shards import iter_samples
+from facecaption.core.sketch import Distinct
+from facecaption.core.stage import StageIO
 
 
 def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6, cell: int = 160) -> Image.Image:
@@ -28,7 +29,7 @@ def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6,
         if i + 1 >= n:
             break
         try:
-            im = Image.open(io.BytesIO(sample.get("jpg") or b"")).convert("RGB")
+            im = Image.open(BytesIO(sample.get("jpg") or b"")).convert("RGB")
         except Exception:  # noqa: BLE001 - a broken image (the faces stage records why) is no example
             continue
         i += 1
@@ -94,8 +95,6 @@ class CorpusSummary:
                     self.attr_sum[c][0] += v.sum()
                     self.attr_sum[c][1] += len(v)
         if self.real_source:
-            from facecaption.collect.urls import funnel  # noqa: PLC0415
-
             self.funnel.update(funnel(images))
             self.status.update(images["status"].fillna("not_downloaded").value_counts().to_dict())
 
@@ -106,7 +105,9 @@ class CorpusSummary:
         return pd.Series(means, index=self.attr_cols, dtype=float).sort_values(ascending=False)
 
     def metrics(self, source: str, shards: int) -> dict:
-        mean = (lambda acc: acc[0] / acc[1] if acc[1] else float("nan"))
+        def mean(acc: list) -> float:
+            return acc[0] / acc[1] if acc[1] else float("nan")
+
         return {
             "source": source, "shards": shards, "images": self.images, "images_ok": self.images_ok,
             "faces": self.faces, "images_no_face": self.no_face, "images_multi_face": self.multi_face,
@@ -140,13 +141,12 @@ def summarise_files(image_paths: list[str], truth_paths: list[str], real_source:
     return summarise(iter_shards(image_paths, truth_paths), real_source, truth_columns)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    deps = W.stage_deps("report_corpus", cfg)
-    image_paths = [p for p in deps if p.endswith(".parquet") and not p.endswith(".truth.parquet")]
-    truth_paths = [p for p in deps if p.endswith(".truth.parquet")]
-    tars = [p for p in deps if p.endswith(".tar")]
-    source = cfg.get("source", "synthface")
-    rep = Report(W.report_dir("corpus"))
+def run(cfg: StageConfig, io: StageIO) -> int:
+    image_paths = io.many("records")  # one path per shard, in shard order
+    truth_paths = io.many("truth")
+    tars = io.many("images")
+    source = cfg["source"]
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     plt, sns = setup_plotting()
 
     summ = summarise_files(image_paths, truth_paths, source != "synthface")
@@ -183,8 +183,8 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         ax.text(0.5, 0.5, "no ground-truth attributes for a real source", ha="center", va="center")
         ax.axis("off")
         rep.figure("attribute_frequency", fig)
-    # the example grid shows the first tar's images: only that shard's boxes are read
-    first = {shard_of(p): p for p in truth_paths}.get(shard_of(tars[0]))
+    # the example grid shows the first shard's images: only that shard's boxes are read
+    first = truth_paths[0] if truth_paths else None
     box_cols = ["key", "x0", "y0", "x1", "y1", "landmarks"]
     grid = example_grid(tars[0], read_columns(first, box_cols) if first else pd.DataFrame(columns=box_cols))
     rep.image("examples", grid)

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from facecaption.collect import SourceError
+from facecaption.core.config import SourceError
 
 log = logging.getLogger(__name__)
 

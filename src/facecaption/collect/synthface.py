@@ -10,14 +10,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
-from tqdm import tqdm
 
-from facecaption.core import rng as rngmod
-from facecaption import workflow as W
-from facecaption.collect.faults import Injector
-from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet
-from facecaption.synthface.render import DRAWABLE, render_image, sample_identity
+from facecaption.core.config import StageConfig
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +67,24 @@ def plan_image(rng: np.random.Generator, sf: dict) -> dict:
     return {"n_faces": n_faces, "face_scale": scale, "degrade": degrade, "tiny": tiny}
 
 
-def collect_shard(cfg: dict, shard: str) -> None:
-    sf, seed = cfg["synthface"], cfg["seed"]
-    tar_path, parquet_path, truth_path = W.stage_outs("collect", shard)
+def plan(cfg: dict) -> int:
+    """The number of collect shards: ``synthface.num_shards`` (at least one)."""
+    return max(int(cfg["synthface"]["num_shards"]), 1)
+
+
+def collect_shard(cfg: StageConfig, io: StageIO) -> None:
+    """Render shard ``io.shard`` into the outputs ``images`` (tar), ``records`` and ``truth``."""
+    # imported here: shard planning (plan) imports this module and needs none of them
+    import pandas as pd  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from facecaption.collect.faults import Injector  # noqa: PLC0415
+    from facecaption.core import rng as rngmod  # noqa: PLC0415
+    from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet  # noqa: PLC0415
+    from facecaption.synthface.render import DRAWABLE, render_image, sample_identity  # noqa: PLC0415
+
+    sf, seed, shard = cfg["synthface"], cfg["seed"], io.shard
+    tar_path, parquet_path, truth_path = io.outputs["images"], io.outputs["records"], io.outputs["truth"]
     shard_no = int(shard)
     rows, truth = [], []
     faults = Injector(cfg, shard)  # synthface.faults: bad data on purpose (off by default)

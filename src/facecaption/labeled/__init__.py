@@ -9,13 +9,12 @@ probe is scored on it. Splits never share an identity. Sources:
   aligned by CelebA's 5 landmarks (``list_landmarks_align_celeba.txt``) with the same function and template,
   or centre-cropped with one warning when the landmark file is missing.
 
-Each split is ``results/labeled/<split>.tar`` (``key.jpg``, ``key.json``) plus ``<split>.parquet`` with
-``key, split, identity`` and one 0/1 column per labeled attribute.
+Each split is the outputs ``<split>_images`` (``results/labeled/<split>.tar``: ``key.jpg``, ``key.json``) and
+``<split>_labels`` (``<split>.parquet``: ``key, split, identity`` and one 0/1 column per labeled attribute).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -23,12 +22,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from facecaption.core import rng as rngmod
-from facecaption import workflow as W
 from facecaption.core.align import align
+from facecaption.core.config import StageConfig
 from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")  # outputs <split>_images and <split>_labels
 # identity ids of the labeled splits start far above the crawl's pool, so they never coincide
 _ID_BASE = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000}
 
@@ -51,19 +52,18 @@ def _synthface_split(cfg: dict, split: str):
             yield f"{split}_{i:06d}_{j:02d}", identity_id, crop, labels
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.core.celeba_files import CelebAFormatError
 
     try:
-        return _run(cfg)
+        return _run(cfg, io)
     except CelebAFormatError as exc:  # a bad or missing CelebA folder: one line naming the file
         print(f"labeled: {exc}", file=sys.stderr)
         return 2
 
 
-def _run(cfg: dict) -> int:
+def _run(cfg: StageConfig, io: StageIO) -> int:
     lab = cfg["labeled"]
-    outs = W.stage_outs("labeled")
     landmarks = None
     if lab["source"] == "celeba":
         from facecaption.core.celeba_files import HOW_TO_GET, CelebAFormatError, landmarks_path
@@ -71,8 +71,7 @@ def _run(cfg: dict) -> int:
         if not lab.get("celeba_dir"):
             raise CelebAFormatError(f"labeled.celeba_dir is not set; {HOW_TO_GET}")
         landmarks = landmarks_path(cfg)  # once per run: the fallback's warning is one line
-    for split in W.LABELED_SPLITS:
-        tar_path = next(p for p in outs if p.endswith(f"/{split}.tar"))
+    for split in SPLITS:
         rows = []
         if lab["source"] == "synthface":
             samples = _synthface_split(cfg, split)
@@ -80,10 +79,10 @@ def _run(cfg: dict) -> int:
             from facecaption.core.celeba_files import iter_split
 
             samples = iter_split(cfg, split, landmarks)
-        with ShardWriter(tar_path) as writer:
+        with ShardWriter(io.outputs[f"{split}_images"]) as writer:
             for key, identity, crop, labels in samples:
                 writer.write({"__key__": key, "jpg": encode_jpeg(crop), "json": {"identity": identity, **labels}})
                 rows.append({"key": key, "split": split, "identity": identity, **labels})
-        write_parquet(pd.DataFrame(rows), tar_path[: -len(".tar")] + ".parquet")
+        write_parquet(pd.DataFrame(rows), io.outputs[f"{split}_labels"])
         log.info("labeled %s: %d faces", split, len(rows))
     return 0

@@ -57,7 +57,8 @@ def module_file(module: str, root: Path = SRC) -> Path | None:
 
 def imports_of(module: str, path: Path, root: Path = SRC) -> set[str]:
     """The facecaption modules ``path`` (the file of ``module``) imports: absolute and relative, at any depth,
-    also inside functions. ``from facecaption.core import openclip`` counts as ``facecaption.core.openclip``."""
+    also inside functions, and by name (a string that is exactly a module's name, for importlib).
+    ``from facecaption.core import openclip`` counts as ``facecaption.core.openclip``."""
     out: set[str] = set()
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -74,6 +75,9 @@ def imports_of(module: str, path: Path, root: Path = SRC) -> set[str]:
             subs = {f"{name}.{a.name}" for a in node.names}
             subs = {s for s in subs if module_file(s, root) is not None}
             out.update(subs or {name})
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("facecaption.")
+              and module_file(node.value, root) is not None):
+            out.add(node.value)  # imported by name (importlib.import_module("facecaption.collect.urls"))
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from facecaption.core.config import StageConfig, split_keys
 from facecaption.core.stage import StageIO
@@ -85,8 +86,15 @@ def _optout_files(cfg: dict) -> dict[str, list[str]]:
 
 
 def _collect_files(cfg: dict) -> dict[str, list[str]]:
-    folder = cfg.get("folder") or {}
-    return {**_optout_files(cfg), **_files(("folder_csv", folder.get("csv") if cfg.get("source") == "folder" else None))}
+    """Opt-out lists, the folder source's CSV, and the URL lists given as files (a folder or glob of lists is
+    resolved when the shards are planned; its files are not inputs: a changed list there needs --forcerun)."""
+    folder, urls = cfg.get("folder") or {}, cfg.get("urls") or {}
+    lists = urls.get("input") if cfg.get("source") == "urls" else None
+    lists = [lists] if isinstance(lists, str) else list(lists or [])
+    lists = [s for s in lists if not any(ch in str(s) for ch in "*?[") and not str(s).endswith("/")
+             and "." in Path(str(s)).name]
+    return {**_optout_files(cfg), **_files(("folder_csv", folder.get("csv") if cfg.get("source") == "folder" else None)),
+            **_files(("url_lists", [str(Path(str(s)).expanduser()) for s in lists]))}
 
 
 def _captions_files(cfg: dict) -> dict[str, list[str]]:

@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("bench_train: --gpu needs CUDA (torch.cuda.is_available() is False)")
         return gpu_main(a)
 
-    from facecaption.train import hardware
     from facecaption.core import openclip as M
+    from facecaption.train import hardware
 
     arch = M.arch_for(a.arch, a.size)
     hw = hardware({"accelerator": "auto", "precision": "auto", "devices": 1, "num_nodes": 1})

@@ -88,8 +88,8 @@ def stage_vit(tmp: Path, gpu: bool) -> dict:
     from bench_train import write_shards
     from PIL import Image
 
-    from facecaption.core import config as fc_config
     from facecaption import workflow as W
+    from facecaption.core import config as fc_config
     from facecaption.core import openclip as M
 
     work = tmp / "stage"
@@ -99,7 +99,8 @@ def stage_vit(tmp: Path, gpu: bool) -> dict:
         "train": {"arch": "ViT-B-16", "image_size": 224, "max_steps": 4 if gpu else 2, "batch_size": 64 if gpu else 4,
                   "val_every": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "val_max_samples": 64,
                   **({} if gpu else {"accelerator": "cpu"})}})
-    shards = W.stage_deps("train", cfg)
+    shards = W.stage_inputs("train", cfg, [f"{i:05d}" for i in range(cfg["synthface"]["num_shards"])])["pairs"]
+    outs = W.stage_outputs("train")
     made = write_shards(work / "results" / "captions", n=len(shards), per_shard=160 if gpu else 16, size=224)
     assert [str(Path(p).relative_to(work)) for p in made] == shards, (made, shards)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
@@ -108,13 +109,13 @@ def stage_vit(tmp: Path, gpu: bool) -> dict:
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     seconds = time.time() - t0
-    model_path = work / W.stage_outs("train")[0]
-    summary = json.loads((work / W.stage_outs("train")[1] / "summary.json").read_text())
+    model_path = work / outs["model"]
+    summary = json.loads((work / outs["logs"] / "summary.json").read_text())
     plain_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     if os.environ.get("PYTHONPATH"):  # the wheels brought along (open_clip), never facecaption's src/
         plain_env["PYTHONPATH"] = os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
                                                   if p and Path(p).resolve() != (ROOT / "src").resolve())
-    hub = work / W.stage_outs("train")[2]
+    hub = work / outs["open_clip"]
     plain = subprocess.run([sys.executable, "-c", PLAIN, f"local-dir:{hub}", str(tmp / "plain.npy")], cwd=tmp,
                            env=plain_env, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr[-2000:]

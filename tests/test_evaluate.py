@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from conftest import run_stage, tiny_config
 from facecaption.core import config as fc_config
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet
 from facecaption.evaluate import data as D
 from facecaption.evaluate import metrics as M
 from facecaption.evaluate import probe as P
 from facecaption.evaluate.data import EvaluateInputError
-from facecaption.core.shards import ShardWriter, iter_samples, read_parquet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -248,9 +248,21 @@ def make_stage_inputs(root: Path) -> dict:
         model, _ = tm.create(arch, seed=1)
         Path("results/train").mkdir(parents=True)
         tm.save_checkpoint(model, arch, "results/train/flip.pt")
+        write_split(cfg)  # as the train stage writes it (facecaption.core.split)
     finally:
         os.chdir(cwd)
     return cfg
+
+
+def write_split(cfg: dict, val_shards: int | None = None) -> dict:
+    """results/train/split.json for the run's caption shards, through the function the train stage uses."""
+    from facecaption import workflow as W
+    from facecaption.core import split
+
+    pairs = W.stage_inputs("evaluate", cfg, ["00000", "00001"])["pairs"]
+    path = W.stage_outputs("train")["split"]
+    split.make(pairs, cfg["train"]["val_shards"] if val_shards is None else val_shards).write(path)
+    return json.loads(Path(path).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +299,8 @@ def test_stage_writes_report(in_stage_dir, tmp_path):
     assert 0 <= p["FLIP"]["10"]["mean"] <= 100 and p["FLIP"]["100"]["std"] == 0
     assert len(p["FLIP"]["10"]["runs"]) == 2
     assert m["retrieval_faces"] == 24  # the last caption shard only (train.val_shards = 1)
+    assert m["caption_shards"] == ["results/captions/00001.tar"] and m["retrieval_held_out"] is True
+    assert m["retrieval_note"] == ""
     assert set(m["retrieval"]["FLIP"]) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
     assert "probe_beats_random" in m["acceptance"] and "retrieval_beats_random" in m["acceptance"]
     assert len(m["per_attribute"]["synthface"]["FLIP"]) == 39
@@ -312,6 +326,44 @@ def test_stage_writes_report(in_stage_dir, tmp_path):
     # deterministic: same inputs, same metrics
     assert run_stage("evaluate", cfg) == 0
     assert (rep / "metrics.json").read_bytes() == first
+
+
+def test_few_shards_retrieval_never_scores_training_captions(in_stage_dir):
+    """Two caption shards and train.val_shards = 2: the train stage holds nothing out (it trains on both), so
+    evaluation has no held-out captions: no retrieval, and the metrics say why (it used to take the last
+    val_shards caption shards regardless, i.e. score retrieval on the training data)."""
+    cfg = _fast(in_stage_dir, random_baseline=False, zero_shot=False, seeds=1, label_fractions=[1.0])
+    cfg["train"]["val_shards"] = 2
+    written = write_split(cfg)
+    try:
+        assert written["held_out_shards"] == [] and len(written["train_shards"]) == 2
+        assert run_stage("evaluate", cfg) == 0
+        m = json.loads(Path("results/reports/evaluate/metrics.json").read_text())
+        assert m["retrieval_faces"] == 0 and m["caption_shards"] == [] and m["retrieval"] == {}
+        assert m["retrieval_held_out"] is False and "no held-out caption shards" in m["retrieval_note"]
+        assert not Path("results/reports/evaluate/retrieval_runs.csv").exists()
+        assert not Path("results/reports/evaluate/tables/retrieval.json").exists()
+        flat = json.loads(Path("results/metrics/evaluate.json").read_text())  # the DVC metrics
+        assert not any(k.startswith("retrieval.") for k in flat)
+    finally:
+        write_split(in_stage_dir)
+
+
+def test_retrieval_uses_exactly_the_split_keys(in_stage_dir):
+    """The held-out keys of split.json, not whatever else a held-out shard holds; a split of other shards stops."""
+    cfg = _fast(in_stage_dir, random_baseline=False, zero_shot=False, seeds=1, label_fractions=[1.0])
+    path = Path("results/train/split.json")
+    original = path.read_text()
+    data = json.loads(original)
+    try:
+        path.write_text(json.dumps({**data, "held_out_keys": data["held_out_keys"][:10]}))
+        assert run_stage("evaluate", cfg) == 0
+        m = json.loads(Path("results/reports/evaluate/metrics.json").read_text())
+        assert m["retrieval_faces"] == 10
+        path.write_text(json.dumps({**data, "held_out_shards": ["results/captions/00007.tar"]}))
+        assert run_stage("evaluate", cfg) == 2
+    finally:
+        path.write_text(original)
 
 
 def test_missing_baseline_stops_with_one_line(in_stage_dir, capsys):
@@ -356,9 +408,9 @@ def rendered(tmp_path_factory):
 
 
 def test_celeba_with_landmarks_is_aligned_like_the_labeled_set(rendered):
-    from facecaption.evaluate.encoders import open_image
     from facecaption.core.align import align
     from facecaption.core.celeba_files import read_landmarks
+    from facecaption.evaluate.encoders import open_image
 
     root, truth = rendered
     path = root / "data" / "celeba"

@@ -10,15 +10,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from facecaption.quality import image as qimg
 from facecaption.core import sketch
+from facecaption.core.shards import ShardWriter, encode_jpeg, read_parquet, write_parquet
+from facecaption.quality import image as qimg
 from facecaption.quality import text as qtext
 from facecaption.quality.relevance import relevance
-from facecaption.core.shards import ShardWriter, encode_jpeg, read_parquet, write_parquet
-
-from conftest import run_stage, tiny_config
 
 
 def checker(size=64, cell=8):
@@ -204,10 +203,28 @@ def build_inputs(shards=("00000", "00001"), per_shard=24, crop=64, seed=0):
         write_parquet(pd.DataFrame(attr_rows), f"results/attributes/{s}.parquet")
 
 
+def write_split(cfg: dict, val_shards: int = 1) -> list[str]:
+    """results/train/split.json for shards 00000 and 00001, through the function the train stage writes it
+    with (facecaption.core.split); returns the held-out keys."""
+    from facecaption import workflow as W
+    from facecaption.core import split
+
+    pairs = W.stage_inputs("report_quality", cfg, ["00000", "00001"])["pairs"]
+    s = split.make(pairs, val_shards).with_keys()
+    s.write(W.stage_outputs("train")["split"])
+    return list(s.keys)
+
+
+def relevance_keys() -> list[str]:
+    return pd.read_csv("results/reports/quality/relevance_pairs.csv", dtype=str)["key"].tolist()
+
+
 def test_stage_and_report(workdir):
     cfg = tiny_config(quality={"relevance": {"pairs": 16, "candidates": 4}, "min_check_faces": 3,
                                "degradation_check": "fail"})
     build_inputs()
+    held_out = write_split(cfg)
+    assert held_out == [f"00001_{i:05d}_00" for i in range(24)]
     for s in ("00000", "00001"):
         assert run_stage("quality", cfg, s) == 0
     q = read_parquet("results/quality/00000.parquet")
@@ -230,6 +247,10 @@ def test_stage_and_report(workdir):
     assert rep["degradation_check"]["judged"] and rep["degradation_check"]["passed"]
     assert rep["clip_iqa_computed"] is False and "quality.clip.weights" in rep["clip_iqa_reason"]
     assert rep["relevance"]["flip"]["computed"] is False
+    # the relevance sample: held-out pairs only, drawn with the declared seed
+    sample = relevance_keys()
+    assert len(sample) == 16 and set(sample) <= set(held_out), sample
+    assert rep["relevance_seed"] == 0 and rep["relevance_pair_source"].startswith("held-out pairs of the train stage")
     # the n-gram curve grows with the share of data and ends at the exact count
     cap4 = rep["ngrams"]["cap"]["4"]
     assert cap4["exact"] and cap4["unique"] == sorted(cap4["unique"])
@@ -250,3 +271,18 @@ def test_stage_and_report(workdir):
     assert (workdir / "paper/build/paper.pdf").stat().st_size > 10_000
     # one dagger per quoted row + one in the note
     assert (workdir / "results/tables/table1.tex").read_text().count(r"$^{\dagger}$") == len(t1["rows"])
+
+    # the report declares and reads `seed`: another seed draws another sample (it used to read seed 0 always)
+    cfg7 = tiny_config(seed=7, quality=cfg["quality"])
+    assert run_stage("report_quality", cfg7) == 0
+    rep7 = json.loads(open("results/reports/quality/metrics.json").read())
+    assert rep7["relevance_seed"] == 7
+    assert set(relevance_keys()) <= set(held_out) and sorted(relevance_keys()) != sorted(sample)
+
+    # no held-out shard (train.val_shards >= shards): no relevance, and the report says why
+    write_split(cfg, val_shards=2)
+    assert run_stage("report_quality", cfg) == 0
+    rep = json.loads(open("results/reports/quality/metrics.json").read())
+    assert relevance_keys() == [] and rep["relevance_held_out"] is False
+    assert "no held-out caption shards" in rep["relevance_pair_source"]
+    assert all(not r["computed"] and "no held-out" in r["reason"] for r in rep["relevance"].values())

@@ -1,15 +1,12 @@
 """CLIP-IQA and relevance with local open_clip weights (a tiny architecture with random weights, registered
-in the test: nothing is downloaded), and the FLIP relevance path through the train stage's loader."""
+in the test: nothing is downloaded), and relevance under a FLIP model trained by the train stage itself."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
-
 from conftest import run_stage, tiny_config
 from test_quality import build_inputs
 
@@ -46,34 +43,20 @@ def test_clip_scorer(tiny_clip):
     assert np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
 
 
-def test_stage_with_clip_and_flip(workdir, tiny_clip, monkeypatch):
-    # a stand-in for facecaption.train.model (the train stage's loader): the same tiny open_clip model
-    from facecaption.quality.image import ClipScorer
+def test_stage_with_clip_and_flip(workdir, tiny_clip):
+    """CLIP-IQA with local weights; relevance under a FLIP model that the real train stage trained (a few
+    steps) on the caption shards, scored only on the pairs that stage held out (its split.json)."""
+    import pandas as pd
 
-    fake = types.ModuleType("facecaption.train.model")
-
-    def load(checkpoint, arch, device="cpu"):
-        s = ClipScorer(checkpoint, arch, tiny_clip["model_config"], 8)
-        return s, s.preprocess, s.tokenizer
-
-    fake.load = load
-    fake.encode_images = lambda model, preprocess, images, batch: model.encode_images(images)
-    fake.encode_texts = lambda model, tokenizer, texts, batch: model.encode_texts(texts)
-    pkg = types.ModuleType("facecaption.train")
-    pkg.model = fake
-    monkeypatch.setitem(sys.modules, "facecaption.train", pkg)
-    monkeypatch.setitem(sys.modules, "facecaption.train.model", fake)
-
-    build_inputs(per_shard=8)
-    (workdir / "results/train").mkdir(parents=True)
-    (workdir / "results/train/flip.pt").write_bytes(open(tiny_clip["weights"], "rb").read())
-    cfg = tiny_config(quality={"clip": tiny_clip, "brisque": False,
-                               "relevance": {"pairs": 12, "candidates": 4}})
-    cfg["train"] = {"arch": "fc-tiny-clip"}  # the train section's schema belongs to the train stage
-    from facecaption.core import config as fc_config
-
-    if "train" not in fc_config.schema()["properties"]:
-        monkeypatch.setattr("facecaption.cli.cfgmod.validate", lambda c: c)
+    build_inputs(per_shard=16)
+    cfg = tiny_config(quality={"clip": tiny_clip, "brisque": False, "relevance": {"pairs": 12, "candidates": 4}},
+                      train={"max_steps": 2, "batch_size": 8, "val_every": 2, "checkpoint_every": 2, "log_every": 1,
+                             "num_workers": 0, "threads": 1, "val_max_samples": 8})
+    assert run_stage("train", cfg) == 0
+    split = json.loads((workdir / "results/train/split.json").read_text())
+    assert split["held_out_shards"] == ["results/captions/00001.tar"]
+    held_out = set(split["held_out_keys"])
+    assert held_out == {f"00001_{i:05d}_00" for i in range(16)}
     for s in ("00000", "00001"):
         assert run_stage("quality", cfg, s) == 0
     assert run_stage("report_quality", cfg) == 0
@@ -84,3 +67,6 @@ def test_stage_with_clip_and_flip(workdir, tiny_clip, monkeypatch):
         assert r["computed"], r
         assert r["pairs"] == 12 and r["rank1_groups"] == 3 and 0 <= r["rank1_share"] <= 1
         assert -1 <= r["similarity_mean"] <= 1
+    pairs = pd.read_csv(workdir / "results/reports/quality/relevance_pairs.csv", dtype={"key": str})
+    assert len(pairs) == 12 and set(pairs["key"]) <= held_out  # never a pair FLIP trained on
+    assert pairs[["flip_similarity", "clip_similarity"]].notna().all().all()

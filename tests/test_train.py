@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_stage, tiny_config
+
 from facecaption import workflow as W
 from facecaption.core.shards import ShardWriter, encode_jpeg
 
@@ -37,8 +37,16 @@ def face(rng: np.random.Generator, colour: tuple) -> np.ndarray:
     return img
 
 
+def pair_shards(n_shards: int = 2) -> list[str]:
+    """The train stage's caption shards (its ``pairs`` input) for a run of ``n_shards`` shards."""
+    return W.stage_inputs("train", tiny_train_cfg(), [f"{i:05d}" for i in range(n_shards)])["pairs"]
+
+
+OUTS = W.stage_outputs("train")  # model, logs, open_clip, split
+
+
 def write_shards(n_shards: int = 2, per_shard: int = 96, bad: bool = False) -> list[str]:
-    paths = W.stage_deps("train", tiny_train_cfg(), shards=[f"{i:05d}" for i in range(n_shards)])
+    paths = pair_shards(n_shards)
     names = list(COLOURS)
     for s, path in enumerate(paths):
         rng = np.random.default_rng(s)
@@ -80,7 +88,7 @@ def test_loss_falls_and_export_roundtrips(workdir):
     t0 = time.time()
     assert run_stage("train", cfg) == 0
     elapsed = time.time() - t0
-    model_path, logs, hub = W.stage_outs("train")
+    model_path, logs, hub = OUTS["model"], OUTS["logs"], OUTS["open_clip"]
     ls = losses(logs)
     assert np.mean([v for _, v in ls[-3:]]) < ls[0][1] - 0.4, ls
     summary = json.loads((Path(logs) / "summary.json").read_text())
@@ -135,11 +143,10 @@ assert not [m for m in sys.modules if m.startswith("facecaption")], "facecaption
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_same_weights(workdir):
-    from facecaption.train import SimulatedKill, train
     from facecaption.core.openclip import read_checkpoint
+    from facecaption.train import SimulatedKill, train
 
-    write_shards()
-    shards = W.stage_deps("train", tiny_train_cfg())
+    shards = write_shards()
     full = tiny_train_cfg(max_steps=6, num_workers=2, checkpoint_every=2, val_every=3, resume_dir="cache/a")
     train(full, shards, "a.pt", "logs_a")
     cut = tiny_train_cfg(max_steps=6, num_workers=2, checkpoint_every=2, val_every=3, resume_dir="cache/b")
@@ -199,9 +206,15 @@ def test_report_and_paper_section(workdir):
     cfg = tiny_train_cfg(max_steps=4, val_every=2, log_every=1)
     assert run_stage("train", cfg) == 0
     assert run_stage("report_train", cfg) == 0
-    m = json.loads(Path(W.report_dir("train"), "metrics.json").read_text())
+    report = W.stage_outputs("report_train")["report"]
+    m = json.loads(Path(report, "metrics.json").read_text())
     assert m["steps"] == 4 and m["initial_loss"] is not None and m["final_val_loss"] is not None
-    assert Path(W.report_dir("train"), "figures", "curves.png").exists()
+    assert Path(report, "figures", "curves.png").exists()
+    # the split the stage trained with, written for the stages that need held-out data
+    split = json.loads(Path(OUTS["split"]).read_text())
+    assert split["train_shards"] == pair_shards()[:1] and split["held_out_shards"] == pair_shards()[1:]
+    assert split["held_out_keys"] == [f"00001_{i:05d}_00" for i in range(40)] and split["held_out_samples"] == 40
+    assert m["train_shards"] == 1 and m["val_shards"] == 1
     Path("paper/t.typ").write_text('#include "sections/train.typ"\n')
     typst.compile("paper/t.typ", output="t.pdf", root=".")
     assert Path("t.pdf").stat().st_size > 1000
@@ -230,12 +243,12 @@ def test_clipping_hook_clips_the_global_norm():
     model = torch.nn.Linear(4, 2)
     model.weight.grad = torch.full_like(model.weight, 10.0)
     model.bias.grad = torch.full_like(model.bias, 10.0)
-    sysm = S.FlipSystem(model, {"grad_clip": 0.5})
+    sysm = S.FlipSystem(model, grad_clip=0.5)
     opt = torch.optim.AdamW(model.parameters())
     sysm.configure_gradient_clipping(opt)
     norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
     assert float(norm) == pytest.approx(0.5, rel=1e-4)
-    sysm.tcfg = {"grad_clip": None}  # off: untouched
+    sysm.hparams.grad_clip = None  # off: untouched
     model.weight.grad.fill_(10.0)
     sysm.configure_gradient_clipping(opt)
     assert float(model.weight.grad[0, 0]) == 10.0
@@ -257,7 +270,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(workd
     for ck in ckpts:
         state = torch.load(ck, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ck
-    assert not Path(W.stage_outs("train")[0]).exists()  # no export of the bad weights
+    assert not Path(OUTS["model"]).exists()  # no export of the bad weights
 
 
 def test_resume_keys_resume_and_learning_keys_start_afresh(workdir):
@@ -327,3 +340,30 @@ def test_epochs_set_the_steps_from_the_training_samples(workdir):
     summary = train(tiny_train_cfg(epochs=1.5, max_steps=999, val_every=4, checkpoint_every=4), shards, "m.pt", "logs_m")
     assert summary["steps"] == 8 == summary["max_steps_from_epochs"]  # ceil(1.5 * 80 / 16)
     assert summary["epochs"] == 1.5 and summary["samples"] == 8 * 16
+
+
+@pytest.mark.parametrize("n, val_shards, held_out", [(3, 1, 1), (5, 2, 2), (2, 2, 0), (1, 1, 0), (2, 0, 0)])
+def test_one_split_rule(n, val_shards, held_out):
+    """facecaption.core.split: the last train.val_shards shards are held out when there are more shards than
+    that, otherwise none; never a shard on both sides."""
+    from facecaption.core.split import make
+
+    shards = pair_shards(n)
+    s = make(shards, val_shards)
+    assert list(s.held_out) == (shards[n - held_out:] if held_out else [])
+    assert list(s.train) == shards[: n - held_out] and not set(s.train) & set(s.held_out)
+    assert (s.note == "") == bool(held_out)
+
+
+def test_few_shards_hold_nothing_out_and_the_split_file_says_so(workdir):
+    """With no more shards than train.val_shards every shard trains: the split file has no held-out shard or
+    key (so no later stage can take a training shard for held-out data), and the summary agrees."""
+    from facecaption.core.split import read
+
+    shards = write_shards(n_shards=2, per_shard=16)
+    assert run_stage("train", tiny_train_cfg(max_steps=2, val_every=2, checkpoint_every=2, val_shards=2)) == 0
+    split = read(OUTS["split"])
+    assert list(split.train) == shards and split.held_out == () and split.keys == ()
+    assert "no held-out caption shards" in split.note
+    summary = json.loads(Path(OUTS["logs"], "summary.json").read_text())
+    assert summary["train_shards"] == 2 and summary["val_shards"] == 0

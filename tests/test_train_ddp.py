@@ -61,11 +61,11 @@ def test_gathered_loss_equals_single_process_loss(tmp_path):
 
 @pytest.mark.parametrize("n_shards,per_shard", [(8, 10), (2, 40)])  # a shard per reader / fewer shards than readers
 def test_every_sample_once_per_pass_across_ranks_and_workers(workdir, n_shards, per_shard):
+    from open_clip import get_tokenizer
     from torch.utils.data import DataLoader
 
-    from facecaption.train.data import CaptionStream
     from facecaption.core.openclip import create
-    from open_clip import get_tokenizer
+    from facecaption.train.data import CaptionStream
 
     shards = write_shards(n_shards=n_shards, per_shard=per_shard)
     every = {f"{s:05d}_{i:05d}_00" for s in range(n_shards) for i in range(per_shard)}
@@ -118,7 +118,8 @@ def test_ddp_kill_resume_equals_uninterrupted_and_only_rank0_writes(workdir):
     common = {"accelerator": "cpu", "devices": 2, "num_workers": 1, "threads": 1, "max_steps": 10,
               "checkpoint_every": 2, "val_every": 5, "log_every": 1}
     e = _ddp_env(workdir)
-    model, logs, _ = W.stage_outs("train")
+    outs = W.stage_outputs("train")
+    model, logs = outs["model"], outs["logs"]
 
     # uninterrupted
     whole = subprocess.run(_train_cmd(tiny_train_cfg(resume_dir="cache/a", **common)), env=e, capture_output=True,
@@ -137,6 +138,7 @@ def test_ddp_kill_resume_equals_uninterrupted_and_only_rank0_writes(workdir):
     assert {r for r, *_ in audit} == {"0"}, sorted({(r, ev, p) for r, _, ev, p in audit if r != "0"})[:20]
     written = {p for *_, p in audit}
     assert model in written and any(p.endswith("step0000006.ckpt") for p in written), sorted(written)
+    assert outs["split"] in written, sorted(written)
 
     # killed once the step-4 checkpoint exists, then run again: it resumes
     cfg_b = tiny_train_cfg(resume_dir="cache/b", **common)

@@ -1,25 +1,25 @@
 """The cost of the real thing: CPU-hours, GPU-hours, storage and wall time for 50M URLs → 15M faces.
 
-Rates come from the benchmark result files (``benchmarks/results/*.json``, written by ``benchmarks/*.py``
-with the machine they ran on); counts from the paper's funnel (quoted); bytes per item from this run's
-artifacts. Each row says whether its rate was **measured** (and where) or is **projected**/quoted.
+Rates come from the benchmark result files (the ``benchmarks`` input, ``benchmarks/results/*.json``, written by
+``benchmarks/*.py`` with the machine they ran on); counts from the paper's funnel (quoted); bytes per item from
+this run's shards (the ``images``, ``crops`` and ``pairs`` inputs: bytes on disk over the samples they hold).
+Each row says whether its rate was **measured** (and where) or is **projected**/quoted.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import tarfile
 from pathlib import Path
 
 from facecaption.core import reference
-from facecaption import workflow as W
+from facecaption.core.config import StageConfig
 from facecaption.core.report import Report
+from facecaption.core.stage import StageIO
 
-BENCH = Path("benchmarks/results")
 
-
-def _load(name: str) -> dict:
-    path = BENCH / f"{name}.json"
+def _load(bench: Path, name: str) -> dict:
+    path = Path(bench) / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -48,13 +48,30 @@ def _faces_rate(data: dict) -> tuple[float | None, str]:
     return None, ""
 
 
-def _bytes_per_item(pattern: str, items: int) -> float | None:
-    files = sorted(Path(W.R).glob(pattern))
-    total = sum(f.stat().st_size for f in files)
+def _samples(tar: Path) -> int:
+    """Distinct sample keys of a tar shard, from its member headers (no data read)."""
+    keys = set()
+    try:
+        with tarfile.open(tar) as t:
+            for m in t:
+                if m.isfile():
+                    base = m.name.rsplit("/", 1)[-1]
+                    keys.add(m.name[: len(m.name) - len(base)] + base.split(".", 1)[0])
+    except (tarfile.TarError, OSError):
+        pass
+    return len(keys)
+
+
+def bytes_per_item(shards: list[str]) -> float | None:
+    """Bytes on disk per stored sample over the tar ``shards`` (None when they hold none)."""
+    files = [Path(p) for p in shards if Path(p).exists()]
+    total, items = sum(f.stat().st_size for f in files), sum(_samples(f) for f in files)
     return total / items if items and total else None
 
 
-def projection(cfg: dict) -> dict:
+def projection(cfg: dict, bench: Path, shards: dict[str, list[str]]) -> dict:
+    """The projected cost: rates from the benchmark results in ``bench``, bytes per item from this run's
+    ``shards`` (``{"images": collect tars, "crops": faces tars, "pairs": caption tars}``)."""
     cost = cfg["cost"]
     urls = cost["urls"]
     scale = urls / reference.FUNNEL[0][1]
@@ -69,29 +86,29 @@ def projection(cfg: dict) -> dict:
         rows.append({"stage": stage, "items": items, "unit": unit, "rate_per_core": rate, "cpu_hours": hours,
                      "how": how, "basis": basis})
 
-    dl = _load("download")
+    dl = _load(bench, "download")
     slow = [r for r in dl.get("runs", []) if r.get("latency_s", 0) > 0 and r.get("downloads_per_s")]
     dl_rate = max(r["downloads_per_s"] for r in slow) / 2 if slow else None  # the benchmark machine: 2 cores
     add("collect (download)", urls, dl_rate, "URLs", "projected",
         "best loopback rate with 50 ms latency per request, per core of a 2-core machine; a real crawl is network-bound")
-    fr, fdesc = _faces_rate(_load("faces"))
+    fr, fdesc = _faces_rate(_load(bench, "faces"))
     add("faces (detect + align)", images, fr, "images", "measured rate" if fr else "not measured", fdesc)
-    at = _load("attributes")
+    at = _load(bench, "attributes")
     add("attributes (predict)", faces_aligned, _first(at, "resnet50_224_faces_per_s_per_core"),
         "faces", "measured rate" if at else "not measured",
         "ResNet-50 at 224 px on one CPU core; on a GPU this stage is far cheaper" if at else "")
-    cp = _load("captions")
+    cp = _load(bench, "captions")
     add("captions (grammar)", faces_final, _first(cp, "stage_captions_per_s_cpu", "captions_per_s_cpu"),
         "faces", "measured rate" if cp else "not measured", "one core")
-    qu = _load("quality")
+    qu = _load(bench, "quality")
     add("quality (image metrics)", faces_final, _first(qu, "images_per_s_per_core"), "faces",
         "measured rate" if qu else "not measured", "with BRISQUE, one core")
     for name in ("download", "faces", "attributes", "captions", "quality"):
-        m = _load(name).get("machine")
+        m = _load(bench, name).get("machine")
         if m:
             machine[name] = m
 
-    tr, tg = _load("train"), _load("train_gpu")  # train_gpu.json: bench_train.py --gpu (benchmarks/gpu_check.sh)
+    tr, tg = _load(bench, "train"), _load(bench, "train_gpu")  # train_gpu.json: bench_train.py --gpu (benchmarks/gpu_check.sh)
     measured = _first(tg, "gpu.samples_per_s")
     gpu_rate = cost["gpu_samples_per_s"] or measured or _first(tr, "gpu.samples_per_s", "ours_gpu.samples_per_s")
     samples = faces_final * cost["epochs"]
@@ -109,9 +126,9 @@ def projection(cfg: dict) -> dict:
     wall = cpu_hours / cost["cluster_cores"] + gpu_hours / cost["cluster_gpus"]
 
     storage = {
-        "collect shards": (_bytes_per_item("collect/*.tar", _count_rows("collect/*[0-9].parquet")), images),
-        "face shards": (_bytes_per_item("faces/*.tar", _count_rows("faces/*[0-9].parquet")), faces_aligned),
-        "caption shards": (_bytes_per_item("captions/*.tar", _count_rows("captions/*[0-9].parquet")), faces_final),
+        "collect shards": (bytes_per_item(shards["images"]), images),
+        "face shards": (bytes_per_item(shards["crops"]), faces_aligned),
+        "caption shards": (bytes_per_item(shards["pairs"]), faces_final),
     }
     storage_rows = [{"what": k, "bytes_per_item": b, "items": n, "terabytes": (b * n / 1e12) if b else None}
                     for k, (b, n) in storage.items()]
@@ -125,10 +142,10 @@ REPORT_STAGES = (("corpus", "corpus"), ("faces", "faces (+ accounting)"), ("attr
                  ("captions", "captions"), ("quality", "quality (+ card)"))
 
 
-def report_scaling() -> dict:
+def report_scaling(bench: Path) -> dict:
     """The report stages' peak memory at 15M faces, projected from ``benchmarks/results/reports.json``
     (``benchmarks/bench_reports.py``), and the caption stage's LLM-cache lookup memory."""
-    data = _load("reports")
+    data = _load(bench, "reports")
     summary = data.get("summary") or {}
     rows = []
     for key, label in REPORT_STAGES:
@@ -148,15 +165,10 @@ def report_scaling() -> dict:
             "machine": data.get("machine")}
 
 
-def _count_rows(pattern: str) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(W.R).glob(pattern)))
-
-
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    p = projection(cfg)
-    rep = Report(W.report_dir("cost"))
+def run(cfg: StageConfig, io: StageIO) -> int:
+    bench = Path(io.one("benchmarks"))
+    p = projection(cfg, bench, {k: io.many(k) for k in ("images", "crops", "pairs")})
+    rep = Report(io.outputs["report"])
     rep.update({k: v for k, v in p.items() if k not in ("rows", "storage")})
     rep.table("cost_cpu", ["stage", "items", "rate / core / s", "CPU-hours", "rate"], [
         [r["stage"], r["items"], None if r["rate_per_core"] is None else round(r["rate_per_core"], 1),
@@ -171,7 +183,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
          None if s["terabytes"] is None else round(s["terabytes"], 2)] for s in p["storage"]
     ], caption="Storage per stage: bytes per item measured on this run's shards, scaled to the real counts "
                "(projected; real photos are larger than the embedded 256 px renders).")
-    rs = report_scaling()
+    rs = report_scaling(bench)
     rep.metric("report_scaling", {k: v for k, v in rs.items() if k != "rows"})
     n = rs["measured_rows"]
     rep.table("cost_reports", ["report stage", f"peak GB ({n:,} faces)" if n else "peak GB", "GB at 15M (projected)",

@@ -3,7 +3,6 @@ LaTeX (booktabs) to ``results/tables/`` for authors who write in LaTeX."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -11,24 +10,28 @@ from pathlib import Path
 
 import typst
 
-from facecaption import workflow as W
+from facecaption.core.config import StageConfig
 from facecaption.core.report import latex_table
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    pdf, tables_dir = W.stage_outs("paper")
-    tables_dir = Path(tables_dir)
-    if tables_dir.exists():
-        shutil.rmtree(tables_dir)
-    tables_dir.mkdir(parents=True)
-    for section in cfg["paper"]["sections"]:
-        for path in sorted(Path(W.R, "reports", section, "tables").glob("*.json")):
-            (tables_dir / f"{path.stem}.tex").write_text(latex_table(json.loads(path.read_text())))
+def write_latex_tables(reports: list[str], folder: Path) -> None:
+    """Every ``tables/*.json`` of the report folders ``reports`` as ``folder/<table>.tex``."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for report in reports:
+        for path in sorted(Path(report, "tables").glob("*.json")):
+            (folder / f"{path.stem}.tex").write_text(latex_table(json.loads(path.read_text())))
+
+
+def run(cfg: StageConfig, io: StageIO) -> int:
+    pdf, tables = io.outputs["pdf"], Path(io.outputs["tables"])
+    write_latex_tables(io.many("reports"), tables)
     Path(pdf).parent.mkdir(parents=True, exist_ok=True)
-    inputs = {"sections": ",".join(cfg["paper"]["sections"]), "title": cfg["paper"]["title"],
-              "source": cfg.get("source", "synthface")}
-    typst.compile("paper/paper.typ", output=pdf, root=".", sys_inputs=inputs)
-    log.info("wrote %s and %d LaTeX tables", pdf, len(list(tables_dir.glob("*.tex"))))
+    inputs = {"sections": ",".join(cfg["paper"]["sections"]), "title": cfg["paper"]["title"], "source": cfg["source"]}
+    typst.compile(io.one("typst"), output=pdf, root=".", sys_inputs=inputs)
+    log.info("wrote %s and %d LaTeX tables", pdf, len(list(tables.glob("*.tex"))))
     return 0

@@ -4,8 +4,10 @@
   attribute set (the pipeline's labeled set, plus CelebA / LFWA / CSV folders from ``evaluate.datasets``),
   trained with a share of the training labels (``evaluate.label_fractions``; one random subset per seed),
   scored on the test split: mean and per-attribute accuracy, mean ± std over seeds;
-* retrieval: image→text and text→image R@1/5/10 on the held-out caption shards (the last
-  ``train.val_shards`` shards), mean ± std over random subsets (one per seed) and on the whole set;
+* retrieval: image→text and text→image R@1/5/10 on the held-out caption shards and keys the train stage
+  wrote (``results/train/split.json``, :mod:`facecaption.core.split`), mean ± std over random subsets (one per
+  seed) and on the whole set; with no held-out shard there is no retrieval, and the metrics say why
+  (``retrieval_note``): training captions are never scored as held-out ones;
 * zero-shot attributes: a prompt and its negation per attribute, scored with the text encoder.
 
 Every model is evaluated the same way: FLIP (``results/train/flip.pt``), the same architecture with random
@@ -16,7 +18,6 @@ runs as CSV).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import sys
@@ -28,7 +29,9 @@ import pandas as pd
 
 from facecaption.core import reference as ref
 from facecaption.core import rng as rngmod
-from facecaption import workflow as W
+from facecaption.core import split as splitmod
+from facecaption.core.config import StageConfig
+from facecaption.core.stage import StageIO
 from facecaption.evaluate import data as D
 from facecaption.evaluate import encoders as E
 from facecaption.evaluate import metrics as M
@@ -41,7 +44,6 @@ log = logging.getLogger(__name__)
 FLIP, RANDOM = "FLIP", "random init"
 KS = (1, 5, 10)
 RET_KEYS = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS]
-DEFAULT_CHECKPOINT = f"{W.R}/train/flip.pt"
 
 
 def frac_label(f: float) -> str:
@@ -54,13 +56,14 @@ def pm(mean: float, std: float, digits: int = 2) -> str:
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
-def models_to_run(cfg: dict) -> list[tuple[str, str, str | None]]:
-    """(name, arch, checkpoint) per model; every file must exist (one line naming the first missing one)."""
-    ev, tr = cfg["evaluate"], cfg.get("train") or {}
+def models_to_run(cfg: dict, trained: str) -> list[tuple[str, str, str | None]]:
+    """(name, arch, checkpoint) per model, FLIP's checkpoint ``evaluate.checkpoint`` or else ``trained`` (the
+    train stage's); every file must exist (one line naming the first missing one)."""
+    ev, tr = cfg["evaluate"], cfg["train"]
     arch = ev.get("arch") or tr.get("arch")
     if not arch:
         raise EvaluateInputError("evaluate.arch and train.arch are both unset: no architecture to evaluate")
-    ckpt = ev.get("checkpoint") or DEFAULT_CHECKPOINT
+    ckpt = ev.get("checkpoint") or trained
     if not Path(ckpt).exists():
         raise EvaluateInputError(f"{ckpt}: FLIP checkpoint missing; run the train stage or set evaluate.checkpoint")
     arch = E.checkpoint_arch(ckpt, arch)
@@ -77,16 +80,24 @@ def models_to_run(cfg: dict) -> list[tuple[str, str, str | None]]:
     return models
 
 
-def caption_shards(cfg: dict) -> list[str]:
-    """The held-out caption shards: the last ``train.val_shards`` of results/captions/<shard>.tar."""
-    tars = sorted(p for p in W.stage_deps("evaluate", cfg) if p.startswith(f"{W.R}/captions/") and p.endswith(".tar"))
-    n = int((cfg.get("train") or {}).get("val_shards", 1))
-    return tars[-n:] if n > 0 else []
+def held_out(split_file: str, pairs: list[str]) -> splitmod.Split:
+    """The train stage's split (:mod:`facecaption.core.split`), checked against this run's caption shards
+    ``pairs``: retrieval uses exactly its held-out shards and keys."""
+    try:
+        split = splitmod.read(split_file)
+        splitmod.check_shards(split, pairs, split_file)
+    except splitmod.SplitError as exc:
+        raise EvaluateInputError(str(exc)) from None
+    return split
 
 
-def datasets(cfg: dict) -> list[D.LabeledSet]:
+def labeled_files(io: StageIO) -> dict[str, tuple[str, str]]:
+    """The labeled stage's splits: ``{split: (images tar, labels parquet)}``."""
+    return {s: (io.one(f"{s}_images"), io.one(f"{s}_labels")) for s in D.SPLITS}
+
+
+def datasets(cfg: dict, labeled: dict[str, tuple[str, str]]) -> list[D.LabeledSet]:
     ev = cfg["evaluate"]
-    labeled = [p for p in W.stage_deps("evaluate", cfg) if p.startswith(f"{W.R}/labeled/")]
     sets = [D.read_labeled(labeled, ev.get("labeled_name"))]
     sets += [D.read_dataset(spec, cfg["seed"], cfg["align"]) for spec in ev["datasets"]]
     names = [s.name for s in sets]
@@ -285,13 +296,13 @@ def per_attribute_figure(report, s: dict, ds_name: str, frac: str):
     report.figure("per_attribute", fig)
 
 
-def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
+def write_report(results: dict, sets, captions, split: splitmod.Split, cfg: dict, models, io: StageIO) -> None:
     from facecaption.core.report import Report  # noqa: PLC0415
 
     ev = cfg["evaluate"]
     fracs = all_fractions(cfg, sets)
     s = summarise(results, sets, cfg)
-    report = Report(W.report_dir("evaluate"))
+    report = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     default = sets[0].name
     report.update({
         "models": [m[0] for m in models], "arch": models[0][1],
@@ -302,7 +313,8 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
         "seeds": ev["seeds"], "probe_layers": ev["probe_layers"], "weight_decays": ev["weight_decays"],
         "split_overlap": {d.name: D.check_disjoint(d) for d in sets},
         "retrieval_faces": len(captions[0]), "retrieval_distinct_captions": len(set(captions[2])),
-        "retrieval_subset": ev["retrieval_subset"], "caption_shards": caption_shards(cfg),
+        "retrieval_subset": ev["retrieval_subset"], "caption_shards": list(split.held_out),
+        "retrieval_held_out": bool(split.held_out), "retrieval_note": split.note, "split_rule": split.rule,
         **s, "acceptance": acceptance(s, default),
     })
     cols, rows, quoted = probe_table(s, sets, fracs)
@@ -339,23 +351,26 @@ def write_report(results: dict, sets, captions, cfg: dict, models) -> None:
                     recs.append({"model": m, "dataset": dname, "fraction": r["fraction"], "run": r["run"],
                                  "n_train": r["n_train"], "decay": r["decay"], "attribute": a,
                                  "accuracy": float(acc), "majority": float(maj)})
-    pd.DataFrame(recs).to_csv(Path(W.report_dir("evaluate")) / "probe_runs.csv", index=False, float_format="%.6g")
+    pd.DataFrame(recs).to_csv(report.folder / "probe_runs.csv", index=False, float_format="%.6g")
     ret = [{"model": m, "run": i, **r} for m, res in results.items() if res["retrieval"]
            for i, r in enumerate([*res["retrieval"]["runs"], res["retrieval"]["full"]])]
     if ret:
         df = pd.DataFrame(ret)
         df["run"] = df["run"].astype(object)
         df.loc[df.groupby("model")["run"].transform("max") == df["run"], "run"] = "full"
-        df.to_csv(Path(W.report_dir("evaluate")) / "retrieval_runs.csv", index=False, float_format="%.6g")
+        df.to_csv(report.folder / "retrieval_runs.csv", index=False, float_format="%.6g")
 
 
 # -- entry point ------------------------------------------------------------------------------------------
-def _run(cfg: dict) -> int:
+def _run(cfg: StageConfig, io: StageIO) -> int:
     t0 = time.time()
     ev = cfg["evaluate"]
-    models = models_to_run(cfg)
-    sets = datasets(cfg)
-    captions = D.read_captions(caption_shards(cfg), ev["retrieval_max"])
+    models = models_to_run(cfg, io.one("model"))
+    sets = datasets(cfg, labeled_files(io))
+    split = held_out(io.one("split"), io.many("pairs"))
+    captions = D.read_captions(list(split.held_out), ev["retrieval_max"], keep=set(split.keys))
+    if not split.held_out:
+        log.warning("evaluate: no retrieval: %s", split.note)
     log.info("evaluate: %d models, datasets %s, %d held-out captioned faces",
              len(models), ", ".join(f"{d.name} {d.sizes()}" for d in sets), len(captions[0]))
     results = {}
@@ -366,14 +381,14 @@ def _run(cfg: dict) -> int:
         del enc
         gc.collect()
         log.info("evaluate: %s done in %.0f s", name, time.time() - t)
-    write_report(results, sets, captions, cfg, models)
+    write_report(results, sets, captions, split, cfg, models, io)
     log.info("evaluate: finished in %.0f s", time.time() - t0)
     return 0
 
 
-def run(cfg: dict, args: argparse.Namespace | None = None) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     try:
-        return _run(cfg)
+        return _run(cfg, io)
     except EvaluateInputError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2

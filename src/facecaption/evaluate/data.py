@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from facecaption.core import rng as rngmod
-from facecaption.core.config import ConfigError
 from facecaption.core.celeba_files import CelebAFormatError, read_attributes, read_landmarks
+from facecaption.core.config import ConfigError
 from facecaption.core.shards import encode_jpeg, iter_samples, leaves_folder, read_parquet
 
 SPLITS = ("train", "val", "test")
@@ -73,15 +73,15 @@ def check_disjoint(ds: LabeledSet) -> dict[str, int]:
 
 
 # -- the pipeline's labeled set ------------------------------------------------------------------------
-def read_labeled(files: list[str], name: str | None = None) -> LabeledSet:
-    """``results/labeled/<split>.tar`` + ``.parquet`` (attribute columns are everything but key/split/identity)."""
+def read_labeled(files: dict[str, tuple[str, str]], name: str | None = None) -> LabeledSet:
+    """The labeled stage's splits, ``files[split] = (images tar, labels parquet)`` for train, val and test
+    (attribute columns are everything but key/split/identity)."""
     splits, attributes, celeba_like = {}, None, True
     for split in SPLITS:
-        tar = next((f for f in files if f.endswith(f"/{split}.tar")), None)
-        pq = next((f for f in files if f.endswith(f"/{split}.parquet")), None)
+        tar, pq = files[split]
         for f in (tar, pq):
-            if f is None or not Path(f).exists():
-                raise EvaluateInputError(f"{f or f'results/labeled/{split}'}: missing; run the labeled stage first")
+            if not Path(f).exists():
+                raise EvaluateInputError(f"{f}: missing; run the labeled stage first")
         df = read_parquet(pq)
         cols = [c for c in df.columns if c not in ("key", "split", "identity")]
         if attributes is None:
@@ -386,15 +386,17 @@ def check_datasets(config: dict) -> None:
 
 
 # -- held-out captioned faces --------------------------------------------------------------------------
-def read_captions(tars: list[str], limit: int | None = None) -> tuple[list[str], list[bytes], list[str]]:
-    """(keys, JPEG bytes, captions) from caption shards ``<key>.jpg`` + ``<key>.txt``, in shard order."""
+def read_captions(tars: list[str], limit: int | None = None,
+                  keep=None) -> tuple[list[str], list[bytes], list[str]]:
+    """(keys, JPEG bytes, captions) from caption shards ``<key>.jpg`` + ``<key>.txt``, in shard order; with
+    ``keep`` (a set of keys) only those samples."""
     keys, images, texts = [], [], []
     for tar in tars:
         if not Path(tar).exists():
             raise EvaluateInputError(f"{tar}: missing caption shard; run the captions stage first")
         errors: list = []
         for s in iter_samples(tar, errors):
-            if "jpg" not in s or "txt" not in s:
+            if "jpg" not in s or "txt" not in s or (keep is not None and s["__key__"] not in keep):
                 continue
             text = s["txt"].decode("utf-8").strip()
             if not text:

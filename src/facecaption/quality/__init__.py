@@ -1,18 +1,19 @@
 """Quality stage, per shard: image metrics of every aligned face and text metrics of every caption.
 
-Inputs (``W.stage_deps("quality")``): the captions shard (tar: ``<fkey>.jpg`` aligned crop, ``<fkey>.txt``;
-parquet: ``key,image_key,caption,captions,grammar_caption,rewritten,alt_text,...``), the collect parquet
-(source alt-texts) and the collect truth parquet (synthface's ``degrade`` per image; empty for real sources).
+Inputs (by name): ``pairs``, the captions shard (tar: ``<fkey>.jpg`` aligned crop, ``<fkey>.txt``; ``captions``,
+its parquet: ``key,image_key,caption,captions,grammar_caption,rewritten,alt_text,...``), ``records``, the
+collect parquet (source alt-texts) and ``truth``, the collect truth parquet (synthface's ``degrade`` per image;
+empty for real sources).
 
 Outputs:
 
-* ``results/quality/<shard>.parquet``: one row per face: ``key, image_key, share_bucket, degrade,
+* ``quality``, ``results/quality/<shard>.parquet``: one row per face: ``key, image_key, share_bucket, degrade,
   excluded_reason`` + image metrics (``width, height, sharpness, brightness, contrast, jpeg_quality,
   brisque, clip_iqa``) + text metrics per text kind ``cap_`` (training caption), ``gram_`` (grammar caption),
   ``alt_`` (source alt-text): ``words, sentences, wps`` (words of each sentence, list), ``flesch`` +
   ``rewritten, n_captions, perplexity``. A row with an ``excluded_reason`` (unreadable or missing face
   image, empty caption) is kept for the record and left out of every statistic.
-* ``results/quality/<shard>.ngrams.npz``: per text kind, n = 1..4 and share bucket, the sorted unique 64-bit
+* ``ngrams``, ``results/quality/<shard>.ngrams.npz``: per text kind, n = 1..4 and share bucket, the sorted unique 64-bit
   n-gram hashes and n-gram totals, which the report merges into exact-or-HyperLogLog counts (see
   ``facecaption.core.sketch``). ``share_bucket`` = hash(key) mod ``quality.share_steps``: a face belongs
   to the first k buckets' "k/steps share of the data" independently of shard order.
@@ -20,7 +21,6 @@ Outputs:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from facecaption import workflow as W
+from facecaption.core.config import StageConfig
+from facecaption.core.shards import atomic_path, iter_samples, read_parquet, write_parquet
+from facecaption.core.stage import StageIO
 from facecaption.quality import image as qimg
 from facecaption.quality import text as qtext
-from facecaption.core.shards import atomic_path, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,12 @@ def _degrade(captions: pd.DataFrame, truth_parquet: str) -> pd.Series:
     return captions["image_key"].map(truth.drop_duplicates("key").set_index("key")["degrade"])
 
 
-def measure_shard(cfg: dict, shard: str, deps: list[str], outs: list[str]) -> pd.DataFrame:
+def measure_shard(cfg: dict, shard: str, *, pairs: str, captions: str, records: str, truth: str,
+                  out_quality: str, out_ngrams: str) -> pd.DataFrame:
+    """Measure one shard: ``pairs``/``captions`` (its caption tar and parquet), ``records``/``truth`` (its
+    collect parquet and truth parquet) → ``out_quality`` (parquet) and ``out_ngrams`` (npz)."""
     q = cfg["quality"]
-    tar = next(p for p in deps if p.endswith(f"captions/{shard}.tar"))
-    cap_pq = next(p for p in deps if p.endswith(f"captions/{shard}.parquet"))
-    col_pq = next(p for p in deps if p.endswith(f"collect/{shard}.parquet"))
-    truth_pq = next((p for p in deps if p.endswith(".truth.parquet")), "")
+    tar, cap_pq, col_pq, truth_pq = pairs, captions, records, truth
 
     captions = _load_captions(cap_pq)
     captions = captions.drop_duplicates("key").reset_index(drop=True)
@@ -168,8 +169,8 @@ def measure_shard(cfg: dict, shard: str, deps: list[str], outs: list[str]) -> pd
         ok = out["excluded_reason"].isna()
         out.loc[ok, "perplexity"] = qtext.perplexity(list(caption_text[ok]), q["language_model"])
 
-    write_ngrams(out, texts, rewritten, q["share_steps"], next(p for p in outs if p.endswith(".npz")))
-    write_parquet(out, next(p for p in outs if p.endswith(".parquet")))
+    write_ngrams(out, texts, rewritten, q["share_steps"], out_ngrams)
+    write_parquet(out, out_quality)
     n_ex = int(out["excluded_reason"].notna().sum())
     log.info("quality %s: %d faces, %d excluded", shard, len(out), n_ex)
     return out
@@ -198,8 +199,7 @@ def write_ngrams(out: pd.DataFrame, texts: dict, rewritten: pd.Series, steps: in
             np.savez_compressed(fh, kinds=np.array(list(kinds)), n=np.array(qtext.NGRAM_N), totals=totals, **arrays)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    if args.shard is None:
-        raise SystemExit("quality: --shard is required")
-    measure_shard(cfg, args.shard, W.stage_deps("quality", cfg, args.shard), W.stage_outs("quality", args.shard))
+def run(cfg: StageConfig, io: StageIO) -> int:
+    measure_shard(cfg, io.shard, pairs=io.one("pairs"), captions=io.one("captions"), records=io.one("records"),
+                  truth=io.one("truth"), out_quality=io.outputs["quality"], out_ngrams=io.outputs["ngrams"])
     return 0

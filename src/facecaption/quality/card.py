@@ -24,55 +24,56 @@ def _read(path, columns):
         return None
 
 
-def funnel(deps: list[str]) -> dict:
+def funnel(records: list[str], face_records: list[str], attributes: list[str], captions: list[str]) -> dict:
+    """Counts from attempted images to captioned faces, per-shard tables streamed one at a time: the collect
+    ``records``, the faces stage's ``face_records``, the ``attributes`` and ``captions`` tables."""
     out = Counter()
     sources, status, drop = Counter(), Counter(), Counter()
-    for p in deps:
-        if "/collect/" in p and p.endswith(".parquet") and not p.endswith(".truth.parquet"):
-            df = _read(p, ["source", "status"])
-            if df is not None:
-                out["images_attempted"] += len(df)
-                sources.update(df["source"].astype(str)) if "source" in df else None
-                status.update(df["status"].astype(str)) if "status" in df else None
-        elif p.endswith(".records.parquet"):
-            df = _read(p, ["image_key", "face", "status", "reason"])
-            if df is not None and {"face", "status"} <= set(df.columns):
-                faces = df[df["face"] >= 0]
-                out["images_with_face"] += faces["image_key"].nunique() if "image_key" in df else 0
-                out["faces_detected"] += len(faces)
-                out["faces_aligned"] += int((faces["status"] == "kept").sum())
-                if "reason" in df:
-                    drop.update(df.loc[df["status"] == "dropped", "reason"].fillna("").astype(str))
-        elif "/attributes/" in p and p.endswith(".parquet"):
-            df = _read(p, ["kept", "reason"])
-            if df is not None and "kept" in df:
-                out["faces_labelled"] += len(df)
-                out["faces_kept_attributes"] += int(df["kept"].astype(bool).sum())
-                if "reason" in df:
-                    drop.update("attributes: " + df.loc[~df["kept"].astype(bool), "reason"].fillna("").astype(str))
-        elif "/captions/" in p and p.endswith(".parquet"):
-            df = _read(p, ["key"])
-            if df is not None:
-                out["faces_captioned"] += len(df)
+    for p in records:
+        df = _read(p, ["source", "status"])
+        if df is not None:
+            out["images_attempted"] += len(df)
+            sources.update(df["source"].astype(str)) if "source" in df else None
+            status.update(df["status"].astype(str)) if "status" in df else None
+    for p in face_records:
+        df = _read(p, ["image_key", "face", "status", "reason"])
+        if df is not None and {"face", "status"} <= set(df.columns):
+            faces = df[df["face"] >= 0]
+            out["images_with_face"] += faces["image_key"].nunique() if "image_key" in df else 0
+            out["faces_detected"] += len(faces)
+            out["faces_aligned"] += int((faces["status"] == "kept").sum())
+            if "reason" in df:
+                drop.update(df.loc[df["status"] == "dropped", "reason"].fillna("").astype(str))
+    for p in attributes:
+        df = _read(p, ["kept", "reason"])
+        if df is not None and "kept" in df:
+            out["faces_labelled"] += len(df)
+            out["faces_kept_attributes"] += int(df["kept"].astype(bool).sum())
+            if "reason" in df:
+                drop.update("attributes: " + df.loc[~df["kept"].astype(bool), "reason"].fillna("").astype(str))
+    for p in captions:
+        df = _read(p, ["key"])
+        if df is not None:
+            out["faces_captioned"] += len(df)
     out["images_ok"] = status.get("success", 0)
     return {"counts": dict(out), "sources": dict(sources), "status": dict(status), "drop_reasons": dict(drop)}
 
 
-def balance(deps: list[str]) -> dict:
-    """Share of kept faces with each attribute = 1 among those labelled confidently (1/0)."""
+def balance(attributes: list[str]) -> dict:
+    """Share of kept faces with each attribute = 1 among those labelled confidently (1/0), from the
+    ``attributes`` tables."""
     res: dict = {}
-    for p in deps:
-        if "/attributes/" in p and p.endswith(".parquet"):
-            df = _read(p, ["kept", *BALANCE_ATTRS])
-            if df is None:
-                continue
-            if "kept" in df:
-                df = df[df["kept"].astype(bool)]
-            for a in BALANCE_ATTRS:
-                if a in df:
-                    r = res.setdefault(a, Counter())
-                    r.update({"yes": int((df[a] == 1).sum()), "no": int((df[a] == 0).sum()),
-                              "unsure": int((df[a] == -1).sum())})
+    for p in attributes:
+        df = _read(p, ["kept", *BALANCE_ATTRS])
+        if df is None:
+            continue
+        if "kept" in df:
+            df = df[df["kept"].astype(bool)]
+        for a in BALANCE_ATTRS:
+            if a in df:
+                r = res.setdefault(a, Counter())
+                r.update({"yes": int((df[a] == 1).sum()), "no": int((df[a] == 0).sum()),
+                          "unsure": int((df[a] == -1).sum())})
     return {a: {**c, "share_yes": (c["yes"] / (c["yes"] + c["no"])) if c["yes"] + c["no"] else None}
             for a, c in res.items()}
 
@@ -81,9 +82,11 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-def dataset_card(cfg: dict, deps: list[str], m: dict, summ) -> str:
-    f = funnel(deps)
-    b = balance(deps)
+def dataset_card(m: dict, *, records: list[str], face_records: list[str], attributes: list[str],
+                 captions: list[str]) -> str:
+    """The card's Markdown from the report's metrics ``m`` and the per-shard tables."""
+    f = funnel(records, face_records, attributes, captions)
+    b = balance(attributes)
     c = f["counts"]
     src = ", ".join(f"{k} ({v})" for k, v in f["sources"].items()) or "unknown"
     synth = "synthface" in f["sources"]

@@ -1,6 +1,11 @@
 """Quality report: Table 1 with this run's measured row, quality histograms, the unique-n-gram curve,
 text–image relevance, the degradation check and the dataset card.
 
+Relevance is measured on pairs the FLIP model never trained on: the held-out keys of the train stage's
+``split.json`` (:mod:`facecaption.core.split`), a sample of ``quality.relevance.pairs`` drawn with ``seed``.
+Without held-out keys (too few shards, or no split file) relevance is not computed and the report says why;
+the sampled pairs and their similarities are in ``relevance_pairs.csv``.
+
 Everything is summarised shard by shard (``facecaption.core.sketch``): per-face tables are read one
 shard at a time, only the needed columns, into fixed-bin histograms and running moments; n-gram hash sets
 merge into exact-or-HyperLogLog sketches. Memory does not grow with the number of rows beyond the
@@ -9,7 +14,6 @@ sketches, so the same code summarises 15M faces.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
 import io
@@ -21,11 +25,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from facecaption.core import reference
-from facecaption import workflow as W
-from facecaption.quality import IMAGE_METRICS, TEXT_KINDS
-from facecaption.core.sketch import Moments, NGramSketch
+from facecaption.core import split as splitmod
+from facecaption.core.config import StageConfig
 from facecaption.core.report import Report, setup_plotting
 from facecaption.core.shards import iter_samples
+from facecaption.core.sketch import Moments, NGramSketch
+from facecaption.core.stage import StageIO
+from facecaption.quality import IMAGE_METRICS, TEXT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +48,6 @@ EDGES = {
 def _read(path: str, columns: list[str]):
     have = set(pq.read_schema(path).names)
     return pq.read_table(path, columns=[c for c in columns if c in have]).to_pandas()
-
-
-def _parquets(deps: list[str], folder: str, suffix: str = ".parquet") -> list[str]:
-    return [p for p in deps if f"/{folder}/" in p and p.endswith(suffix)
-            and not p.endswith(".truth.parquet") and not p.endswith(".records.parquet")]
 
 
 class Summaries:
@@ -68,7 +69,9 @@ class Summaries:
         self.totals = {k: {n: np.zeros(steps, dtype=np.int64) for n in (1, 2, 3, 4)} for k in TEXT_KINDS}
         self.candidates: list[tuple[int, str, int]] = []  # (-hash, key, shard index): smallest hashes kept
 
-    def add_table(self, df, shard_index: int, keep_pairs: int) -> None:
+    def add_table(self, df, shard_index: int, keep_pairs: int, eligible=None, seed: int = 0) -> None:
+        """Add one shard's quality table. Relevance candidates: of the included faces whose key is in
+        ``eligible`` (all when None), the ``keep_pairs`` with the smallest hashes of (``seed``, key)."""
         self.faces += len(df)
         excluded = df["excluded_reason"].notna()
         for reason in df.loc[excluded, "excluded_reason"]:
@@ -100,9 +103,11 @@ class Summaries:
                 d = self.by_degrade.setdefault(str(value), {m: Moments(EDGES[m]) for m in ("sharpness", "brisque")})
                 d["sharpness"].add(grp["sharpness"].to_numpy(dtype=float))
                 d["brisque"].add(grp["brisque"].to_numpy(dtype=float))
-        # relevance candidates: the keep_pairs keys with the smallest hashes, kept in a bounded heap
+        # relevance candidates: the keep_pairs keys with the smallest seeded hashes, kept in a bounded heap
         for key in ok["key"]:
-            h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+            if eligible is not None and key not in eligible:
+                continue
+            h = int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "little")
             item = (-h, key, shard_index)
             if len(self.candidates) < keep_pairs:
                 heapq.heappush(self.candidates, item)
@@ -135,11 +140,12 @@ QUALITY_COLUMNS = ["key", "excluded_reason", "degrade", "n_captions", "rewritten
                    *[f"{p}_{m}" for p in ("cap", "gram", "alt") for m in ("words", "wps", "flesch")]]
 
 
-def summarise(q_parquets: list[str], q_npz: list[str], q: dict, keep: int) -> Summaries:
-    """The ``Summaries`` of the quality tables (one shard at a time, only the needed columns) and n-grams."""
+def summarise(q_parquets: list[str], q_npz: list[str], q: dict, keep: int, eligible=None, seed: int = 0) -> Summaries:
+    """The ``Summaries`` of the quality tables (one shard at a time, only the needed columns) and n-grams;
+    relevance candidates among the ``eligible`` keys (see :meth:`Summaries.add_table`)."""
     summ = Summaries(q["share_steps"], q["exact_ngram_limit"], q["hll_precision"])
     for i, path in enumerate(q_parquets):
-        summ.add_table(_read(path, QUALITY_COLUMNS), i, keep)
+        summ.add_table(_read(path, QUALITY_COLUMNS), i, keep, eligible, seed)
     for path in q_npz:
         summ.add_ngrams(path)
     return summ
@@ -153,7 +159,8 @@ def _fmt_count(n: int) -> str:
 
 
 def _relevance_pairs(summ: Summaries, cap_tars: list[str], cap_parquets: list[str]) -> tuple[list, list, list]:
-    """Images and captions of the chosen pairs, read only from the shards that hold them."""
+    """Images and captions of the chosen pairs, read only from the shards that hold them (``cap_tars[i]`` and
+    ``cap_parquets[i]``: the shard of the i-th quality table)."""
     from facecaption.core.shards import read_parquet
 
     chosen = sorted((key, shard) for _, key, shard in summ.candidates)
@@ -171,41 +178,31 @@ def _relevance_pairs(summ: Summaries, cap_tars: list[str], cap_parquets: list[st
     return [images[k] for k in keys], [texts[k] for k in keys], keys
 
 
-def held_out(cfg: dict, keys: list[str]) -> tuple[list[str], str]:
-    """The pairs the FLIP model did not train on, when the train stage says which those are."""
+# -- the steps of the report ------------------------------------------------------------------------------
+def held_out_keys(split_file: str, pairs: list[str]) -> tuple[set[str], str]:
+    """(the keys FLIP never trained on, where they come from): the held-out keys of the train stage's split;
+    none, and why, when it holds none out or cannot be read."""
     try:
-        from facecaption.train import held_out_keys  # (cfg, keys) -> keys not used for training
-    except ImportError:
-        return keys, "pairs sampled from all captioned faces (the train stage names no held-out set)"
-    return [k for k in keys if k in set(held_out_keys(cfg, keys))], "held-out pairs of the train stage"
+        split = splitmod.read(split_file)
+        splitmod.check_shards(split, pairs, split_file)
+    except splitmod.SplitError as exc:
+        return set(), f"not scored: {exc}"
+    if not split.keys:
+        return set(), f"not scored: {split.note or 'the held-out shards hold no pairs'}"
+    return set(split.keys), (f"held-out pairs of the train stage: a sample of the {len(split.keys)} faces in "
+                             f"{len(split.held_out)} caption shard(s) FLIP never trained on ({split_file})")
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    q = cfg["quality"]
-    deps = W.stage_deps("report_quality", cfg)
-    rep = Report(W.report_dir("quality"))
-    plt, sns = setup_plotting()
-
-    q_parquets = _parquets(deps, "quality")
-    q_npz = [p for p in deps if p.endswith(".ngrams.npz")]
-    cap_parquets = _parquets(deps, "captions")
-    cap_tars = [p for p in deps if "/captions/" in p and p.endswith(".tar")]
-    rel_cfg = q["relevance"]
-    keep = rel_cfg["pairs"]
-
-    summ = summarise(q_parquets, q_npz, q, keep)
-
-    # -- counts and exclusions ------------------------------------------------------------------------
+def report_counts(rep: Report, summ: Summaries, q: dict, shards: int) -> None:
+    """Faces, exclusions, the image and text summaries; whether CLIP-IQA and perplexity were computed."""
     rep.update({"faces": summ.faces, "included": summ.included, "excluded": summ.faces - summ.included,
                 "exclusions": dict(sorted(summ.reasons.items())), "texts": summ.texts,
-                "rewritten": summ.rewritten, "shards": len(q_parquets)})
+                "rewritten": summ.rewritten, "shards": shards})
     for m, mom in summ.image.items():
         rep.metric(f"image_{m}", mom.summary())
     for kind, d in summ.text.items():
         for m, mom in d.items():
             rep.metric(f"text_{kind}_{m}", mom.summary())
-
-    # -- CLIP-IQA / perplexity: computed or why not ---------------------------------------------------
     clip_done = summ.image["clip_iqa"].n > 0
     rep.metric("clip_iqa_computed", clip_done)
     rep.metric("clip_iqa_reason", "" if clip_done else (
@@ -217,7 +214,9 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rep.metric("perplexity_reason", "" if ppl_done else (
         "no local language model configured (quality.language_model)" if not q["language_model"] else "no caption scored"))
 
-    # -- n-grams: vocabulary, distinct-n, curve --------------------------------------------------------
+
+def report_ngrams(rep: Report, summ: Summaries, q: dict) -> dict:
+    """Vocabulary, distinct-n and the unique-n-gram curve per text kind; returns the curves."""
     ngrams: dict = {}
     for kind in TEXT_KINDS:
         ngrams[kind] = {}
@@ -232,8 +231,11 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rep.metric("ngrams", ngrams)
     rep.metric("ngram_counting", "exact 64-bit hashes" if all(
         v["exact"] for k in ngrams.values() for v in k.values()) else f"HyperLogLog p={q['hll_precision']} past the exact limit")
+    return ngrams
 
-    # -- degradation check (synthface ground truth) ---------------------------------------------------
+
+def check_degradation(rep: Report, summ: Summaries, q: dict) -> None:
+    """synthface's blurred faces must score worse than undegraded ones (``quality.degradation_check``)."""
     deg = {k: {m: mom.summary() for m, mom in d.items()} for k, d in sorted(summ.by_degrade.items())}
     rep.metric("by_degrade", deg)
     check = {"judged": False, "passed": None, "reason": "no ground-truth degradations (real source)"}
@@ -260,48 +262,67 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
         if q["degradation_check"] == "warn":
             log.warning(msg)
 
-    # -- relevance -----------------------------------------------------------------------------------
-    rel = {}
-    images, texts, keys = _relevance_pairs(summ, cap_tars, cap_parquets) if summ.candidates else ([], [], [])
-    keys_ho, pair_source = held_out(cfg, keys)
-    sel = [keys.index(k) for k in keys_ho]
-    images, texts, keys = [images[i] for i in sel], [texts[i] for i in sel], keys_ho
-    rep.metric("relevance_pair_source", pair_source)
-    from facecaption.quality.relevance import flip_encoder, relevance
 
-    flip_ckpt = next((p for p in deps if p.endswith("flip.pt")), "results/train/flip.pt")
-    encoders = {}
-    enc, why = flip_encoder(flip_ckpt, (cfg.get("train") or {}).get("arch"), rel_cfg["batch"])
-    encoders["flip"] = (enc, why)
+def relevance_encoders(cfg: StageConfig, model: str) -> dict:
+    """``{name: (encoder or None, why not)}``: the trained FLIP ``model`` and the configured open_clip weights."""
+    from facecaption.quality.relevance import flip_encoder
+
+    q = cfg["quality"]
+    batch = q["relevance"]["batch"]
+    encoders = {"flip": flip_encoder(model, cfg["train"]["arch"], batch)}
     if q["clip"]["weights"]:
         from facecaption.quality.image import ClipScorer
 
         c = q["clip"]
         try:
-            encoders["clip"] = (ClipScorer(c["weights"], c["arch"], c["model_config"], rel_cfg["batch"]), "")
+            encoders["clip"] = (ClipScorer(c["weights"], c["arch"], c["model_config"], batch), "")
         except Exception as exc:  # noqa: BLE001
             encoders["clip"] = (None, f"loading {c['weights']} failed: {type(exc).__name__}: {exc}")
     else:
         encoders["clip"] = (None, "no local open_clip weights configured (quality.clip.weights)")
+    return encoders
+
+
+def report_relevance(rep: Report, cfg: StageConfig, io: StageIO, summ: Summaries, source: str,
+                     held_out: bool) -> dict:
+    """Relevance of the sampled held-out pairs under each encoder (``source``: where the pairs come from, or
+    why there are none; ``held_out``: whether the split holds any out); the pairs and their similarities go to
+    ``relevance_pairs.csv``."""
+    import pandas as pd
+
+    from facecaption.quality.relevance import relevance
+
+    rel_cfg, seed = cfg["quality"]["relevance"], cfg["seed"]
+    images, texts, keys = (_relevance_pairs(summ, io.many("pairs"), io.many("captions")) if summ.candidates
+                           else ([], [], []))
+    rep.update({"relevance_pair_source": source, "relevance_seed": seed, "relevance_held_out": bool(keys)})
+    table = pd.DataFrame({"key": keys})
+    none = source if not held_out else "no held-out pair with a readable image and a caption"
+    encoders = relevance_encoders(cfg, io.one("model")) if keys else {n: (None, none) for n in ("flip", "clip")}
+    rel = {}
     for name, (enc, why) in encoders.items():
         if enc is None or len(keys) < 2:
             rel[name] = {"computed": False, "reason": why or "fewer than 2 pairs"}
             continue
-        r = relevance(enc, images, texts, keys, min(rel_cfg["candidates"], len(keys)), cfg.get("seed", 0))
+        r = relevance(enc, images, texts, keys, min(rel_cfg["candidates"], len(keys)), seed)
         sims = r.pop("similarities")
-        rel[name] = {"computed": True, "reason": "", **r}
-        rel[name]["hist"] = Moments(np.linspace(-1, 1, 81))
-        rel[name]["hist"].add(sims)
-        rel[name]["hist"] = rel[name]["hist"].hist()
+        table[f"{name}_similarity"] = sims
+        hist = Moments(np.linspace(-1, 1, 81))
+        hist.add(sims)
+        rel[name] = {"computed": True, "reason": "", **r, "hist": hist.hist()}
     rep.metric("relevance", rel)
+    table.to_csv(rep.folder / "relevance_pairs.csv", index=False, float_format="%.6g")
+    return rel
 
-    # -- Table 1 -------------------------------------------------------------------------------------
-    faces_meta = face_resolution(deps)
-    n_attr = attribute_count(deps)
+
+def report_tables(rep: Report, summ: Summaries, ngrams: dict, io: StageIO) -> None:
+    """Table 1 with this run's measured row, the image-quality and the caption summaries."""
+    faces_meta = face_resolution(io.many("face_records"))
+    n_attr = attribute_count(io.many("attributes"))
     mean_words = summ.text["cap"]["words"].mean if summ.text["cap"]["words"].n else None
     res = (f"{faces_meta['mean_width']:.0f}×{faces_meta['mean_height']:.0f}" if faces_meta["n"] else
            f"{summ.image['width'].mean:.0f}×{summ.image['height'].mean:.0f}")
-    source = source_name(deps)
+    source = source_name(io.many("records"))
     measured = [f"this run ({source})", _fmt_count(summ.included), res, n_attr if n_attr else "–", "yes",
                 _fmt_count(summ.texts), round(mean_words, 1) if mean_words is not None else "–"]
     rows = [list(r) for r in reference.TABLE1] + [measured]
@@ -333,18 +354,32 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
                                "distinct-4", "Flesch"], text_rows,
               caption="Caption statistics: training captions, grammar captions, LLM rewrites and source alt-texts.")
 
+
+def run(cfg: StageConfig, io: StageIO) -> int:
+    q = cfg["quality"]
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
+    eligible, source = held_out_keys(io.one("split"), io.many("pairs"))
+    summ = summarise(io.many("quality"), io.many("ngrams"), q, q["relevance"]["pairs"], eligible, cfg["seed"])
+    report_counts(rep, summ, q, shards=len(io.many("quality")))
+    ngrams = report_ngrams(rep, summ, q)
+    check_degradation(rep, summ, q)
+    rel = report_relevance(rep, cfg, io, summ, source, held_out=bool(eligible))
+    report_tables(rep, summ, ngrams, io)
+    plt, sns = setup_plotting()
     figures(rep, plt, sns, summ, ngrams, rel)
     from facecaption.quality.card import dataset_card
 
-    (rep.folder / "DATASET_CARD.md").write_text(dataset_card(cfg, deps, rep.metrics, summ))
+    (rep.folder / "DATASET_CARD.md").write_text(dataset_card(
+        rep.metrics, records=io.many("records"), face_records=io.many("face_records"),
+        attributes=io.many("attributes"), captions=io.many("captions")))
     rep.save()
     return 0
 
 
-def face_resolution(deps: list[str]) -> dict:
-    """Mean size of the kept faces' boxes in their source images (faces records), streamed per shard."""
+def face_resolution(face_records: list[str]) -> dict:
+    """Mean size of the kept faces' boxes in their source images (the faces stage's records), streamed per shard."""
     w, h = Moments(EDGES["width"]), Moments(EDGES["height"])
-    for path in [p for p in deps if p.endswith(".records.parquet")]:
+    for path in face_records:
         try:
             df = _read(path, ["face", "status", "x0", "y0", "x1", "y1"])
         except Exception:  # noqa: BLE001
@@ -357,8 +392,8 @@ def face_resolution(deps: list[str]) -> dict:
     return {"n": w.n, "mean_width": w.mean if w.n else None, "mean_height": h.mean if h.n else None}
 
 
-def attribute_count(deps: list[str]) -> int:
-    for path in [p for p in deps if "/attributes/" in p and p.endswith(".parquet")]:
+def attribute_count(attributes: list[str]) -> int:
+    for path in attributes:
         try:
             return sum(1 for c in pq.read_schema(path).names if c.startswith("p_"))
         except Exception:  # noqa: BLE001
@@ -366,8 +401,9 @@ def attribute_count(deps: list[str]) -> int:
     return 0
 
 
-def source_name(deps: list[str]) -> str:
-    for path in [p for p in _parquets(deps, "collect")]:
+def source_name(records: list[str]) -> str:
+    """The source named in the collect records."""
+    for path in records:
         try:
             s = _read(path, ["source"])
             if "source" in s and len(s):

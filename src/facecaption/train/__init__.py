@@ -1,8 +1,10 @@
 """Stage ``train``: FLIP pre-training of an open_clip model with Lightning on the caption shards.
 
-Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.core.openclip`) and
-``results/train/logs/`` (``curves.csv``, ``summary.json``); TensorBoard events and Lightning's CSV in
-``logs/train/``.
+Writes ``results/train/flip.pt`` (an open_clip state dict; see :mod:`facecaption.core.openclip`), the same
+weights in open_clip's hub layout (``results/train/open_clip/``), ``results/train/logs/`` (``curves.csv``,
+``summary.json``) and ``results/train/split.json``: which caption shards (and sample keys) were held out
+(:mod:`facecaption.core.split`, the one definition that evaluation and the quality report read);
+TensorBoard events and Lightning's CSV in ``logs/train/``.
 
 Resumable checkpoints live in ``train.resume_dir`` (default ``cache/train/<hash of config and shard content>/checkpoints``), outside
 ``results/``: Snakemake deletes the declared outputs of a failed job, so a killed run, started again with
@@ -23,8 +25,11 @@ import time
 import warnings
 from pathlib import Path
 
-from facecaption import workflow as W
+from facecaption.core.config import ConfigError, StageConfig
 from facecaption.core.openclip import ModelError
+from facecaption.core.split import Split
+from facecaption.core.split import make as make_split
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
@@ -234,70 +239,86 @@ def loader_workers(tcfg: dict, hw: dict) -> int:
     return max(1, min(16, cpus // max(1, per_node) - 1))
 
 
-def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None,
-          out_hub: str | None = None) -> dict:
-    """Train, export ``out_model`` (and, when given, ``out_hub``: open_clip's hub layout), copy logs to
-    ``out_logs``; returns the summary. ``stop_after`` (tests) raises after that many steps, as a killed job
-    would stop."""
-    import lightning as L
-    import open_clip
-    import torch
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from facecaption.core import openclip as M
-    from facecaption.train.data import SKIP_REASONS, CaptionData
-    from facecaption.train.system import FlipSystem, NonFiniteLoss
-
-    tcfg, seed = cfg["train"], cfg["seed"]
-    if tcfg["threads"]:
-        torch.set_num_threads(tcfg["threads"])
-    image_size = tcfg_size(cfg)
-    arch = M.arch_for(tcfg["arch"], image_size)
+def require_shards(shards: list[str]) -> None:
     missing = [s for s in shards if not os.path.exists(s)]
     if missing:
         raise TrainError(f"train error: caption shard {missing[0]} does not exist ({len(missing)} missing)")
-    hw = hardware(tcfg)
-    rank0 = global_rank() == 0  # only rank 0 writes: the folders, the logs, the artifacts
-    if hw["accelerator"] == "gpu":
-        torch.set_float32_matmul_precision(tcfg["matmul_precision"])  # TF32 for what runs outside autocast
-    ckdir = Path(tcfg["resume_dir"]) / config_hash(cfg, shards)
-    if rank0:
-        ckdir.mkdir(parents=True, exist_ok=True)
-    ckpts = ckdir / "checkpoints"
-    resume = latest_checkpoint(ckpts)
 
-    L.seed_everything(seed, workers=True, verbose=False)
+
+def resume_folder(cfg: dict, shards: list[str]) -> Path:
+    """``train.resume_dir/<config and content hash>``: where this run's checkpoints and logs live (rank 0
+    creates it)."""
+    ckdir = Path(cfg["train"]["resume_dir"]) / config_hash(cfg, shards)
+    if global_rank() == 0:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    return ckdir
+
+
+def new_model(arch: str, seed: int, tcfg: dict):
+    """The open_clip model to train: random init with ``seed`` (temperature ``train.init_temperature``), or
+    the local weights of ``train.init``."""
+    import torch
+
+    from facecaption.core import openclip as M
+
     model, _ = M.create(arch, seed=seed, init=tcfg["init"])
     if tcfg["init"] is None:
         with torch.no_grad():
             model.logit_scale.fill_(float(torch.log(torch.tensor(1.0 / tcfg["init_temperature"]))))
-    tokenizer = open_clip.get_tokenizer(arch)
-    data = CaptionData(shards, tcfg, seed=seed, image_size=image_size or M._image_size(M.model_config(arch)),
-                       tokenizer=tokenizer, num_workers=loader_workers(tcfg, hw))
-    if not data.val_shards:
-        log.warning("train: only %d shard(s); no held-out validation shards", len(shards))
-    if tcfg["epochs"] is not None:  # steps from passes over the training shards (counted once, with their digests)
-        train_samples = sum(f["samples"] for f in shard_fingerprints(data.train_shards, Path(tcfg["resume_dir"])))
-        world = devices_per_node(hw["devices"]) * hw["num_nodes"]
-        steps = max(1, math.ceil(tcfg["epochs"] * train_samples / (tcfg["batch_size"] * world)))
-        log.info("train: %g epochs of %d samples at a global batch of %d = %d steps", tcfg["epochs"], train_samples,
-                 tcfg["batch_size"] * world, steps)
-        tcfg = {**tcfg, "max_steps": steps}
-    if tcfg["compile"]:
-        model.compile()  # in place: the state dict keeps open_clip's names, so the export is unchanged
-    system = FlipSystem(model, tcfg)
+    return model
+
+
+def caption_data(split: Split, tcfg: dict, *, seed: int, image_size: int, tokenizer, num_workers: int):
+    """The data module: training on the split's training shards, validation on its held-out shards."""
+    from facecaption.train.data import CaptionData
+
+    if not split.held_out:
+        log.warning("train: %s", split.note)
+    return CaptionData(list(split.train), list(split.held_out), tokenizer=tokenizer, image_size=image_size, seed=seed,
+                       batch_size=tcfg["batch_size"], augment=tcfg["augment"], shuffle_buffer=tcfg["shuffle_buffer"],
+                       resampled=tcfg["resampled"] is True,  # auto: exact passes, each sample once per pass
+                       val_max_samples=tcfg["val_max_samples"], num_workers=num_workers)
+
+
+def planned_steps(tcfg: dict, train_shards: list[str], hw: dict) -> int:
+    """``train.max_steps``, or with ``train.epochs`` the steps of that many passes over the training shards
+    (their samples counted once, with their digests)."""
+    if tcfg["epochs"] is None:
+        return tcfg["max_steps"]
+    train_samples = sum(f["samples"] for f in shard_fingerprints(list(train_shards), Path(tcfg["resume_dir"])))
+    world = devices_per_node(hw["devices"]) * hw["num_nodes"]
+    steps = max(1, math.ceil(tcfg["epochs"] * train_samples / (tcfg["batch_size"] * world)))
+    log.info("train: %g epochs of %d samples at a global batch of %d = %d steps", tcfg["epochs"], train_samples,
+             tcfg["batch_size"] * world, steps)
+    return steps
+
+
+def flip_system(model, tcfg: dict, max_steps: int):
+    from facecaption.train.system import FlipSystem
+
+    return FlipSystem(model, lr=tcfg["lr"], min_lr=tcfg["min_lr"], weight_decay=tcfg["weight_decay"],
+                      betas=tcfg["betas"], eps=tcfg["eps"], warmup_steps=tcfg["warmup_steps"], max_steps=max_steps,
+                      schedule=tcfg["schedule"], step_every=tcfg["step_every"], step_gamma=tcfg["step_gamma"],
+                      grad_clip=tcfg["grad_clip"], log_every=tcfg["log_every"], batch_size=tcfg["batch_size"])
+
+
+def make_trainer(ckdir: Path, tcfg: dict, hw: dict, max_steps: int, has_val: bool, stop_after: int | None = None):
+    """(Lightning Trainer, its loggers): checkpoints every ``train.checkpoint_every`` steps into
+    ``ckdir/checkpoints``, CSV and TensorBoard logs into ``ckdir/logs``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     class _Stop(Callback):  # test hook: behave like a job killed after `stop_after` steps
         def on_train_batch_end(self, trainer, *a):
             if stop_after is not None and trainer.global_step >= stop_after:
                 raise SimulatedKill(f"stopped after step {trainer.global_step}")
 
-    if rank0:
+    if global_rank() == 0:
         _park_csv(ckdir / "logs")
-    every = tcfg["checkpoint_every"]
-    callbacks = [ModelCheckpoint(dirpath=ckpts, filename="step{step:07d}", auto_insert_metric_name=False,
-                                 every_n_train_steps=every, save_top_k=2, monitor="step", mode="max",
+    callbacks = [ModelCheckpoint(dirpath=ckdir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+                                 every_n_train_steps=tcfg["checkpoint_every"], save_top_k=2, monitor="step", mode="max",
                                  save_last=True, save_on_train_epoch_end=False),
                  TQDMProgressBar(refresh_rate=max(1, min(tcfg["log_every"], 10))), _Stop()]
     loggers = [CSVLogger(save_dir=ckdir, name="logs", version="csv")]
@@ -305,23 +326,29 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         loggers.append(TensorBoardLogger(save_dir=ckdir, name="logs", version="tb", default_hp_metric=False))
     except ModuleNotFoundError as exc:  # a bare GPU machine may lack tensorboard: the CSV log and curves remain
         log.warning("train: no TensorBoard events (%s)", exc)
-    has_val = bool(data.val_shards)
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
     # where Lightning would use SLURM's layout, keep it but not its requeue: a job restarts through the
     # profile's retries and resumes from train.resume_dir
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     trainer = L.Trainer(
-        **hw, max_steps=tcfg["max_steps"], max_epochs=-1, logger=loggers, callbacks=callbacks,
+        **hw, max_steps=max_steps, max_epochs=-1, logger=loggers, callbacks=callbacks,
         gradient_clip_val=None,  # the system clips (FlipSystem.configure_gradient_clipping), AMP or not
         deterministic=hw["accelerator"] == "cpu",
         val_check_interval=tcfg["val_every"] if has_val else None, check_val_every_n_epoch=None,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, log_every_n_steps=1,  # the system throttles its own logging
         default_root_dir=str(ckdir), enable_model_summary=False, benchmark=False, plugins=plugins or None,
     )
+    return trainer, loggers
+
+
+def fit(trainer, system, data, resume: str | None, ckpts: Path, *, what: str) -> None:
+    """``trainer.fit`` (resuming from ``resume``), a non-finite loss or an out-of-memory as one line
+    (``what``: the batch, architecture, size and precision, for the latter)."""
+    import torch
+
+    from facecaption.train.system import NonFiniteLoss
+
     if resume:
         log.info("train: resuming from %s", resume)
-    t0 = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*__len__.*")
@@ -331,80 +358,142 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         except NonFiniteLoss as exc:
             good = latest_checkpoint(ckpts)
             raise TrainError(f"train error: {exc}; newest good checkpoint: {good or 'none yet'} (kept; no "
-                               f"checkpoint holds non-finite weights); lower train.lr or set train.grad_clip, "
-                               f"then rerun to resume from it") from None
+                             f"checkpoint holds non-finite weights); lower train.lr or set train.grad_clip, "
+                             f"then rerun to resume from it") from None
         except torch.OutOfMemoryError:
-            raise TrainError(f"train error: out of GPU memory at train.batch_size: {tcfg['batch_size']} per device "
-                               f"({arch}, {image_size or 'native'} px, {hw['precision']}); lower train.batch_size "
-                               f"(add GPUs to keep the global batch), or use a smaller train.arch / "
-                               f"train.image_size") from None
+            raise TrainError(f"train error: out of GPU memory at {what}; lower train.batch_size "
+                             f"(add GPUs to keep the global batch), or use a smaller train.arch / "
+                             f"train.image_size") from None
     if getattr(trainer, "interrupted", False):
         raise RuntimeError("training interrupted")
+
+
+def summary_of(trainer, system, data, *, arch: str, tcfg: dict, image_size, hw: dict, max_steps: int) -> dict:
+    """``summary.json``: what was trained, on what, how (no wall-clock facts: a rerun gives the same bytes)."""
+    import torch
+
+    from facecaption.core import openclip as M
+    from facecaption.train.data import SKIP_REASONS
+
+    return {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
+            "samples": int(system.samples_seen),
+            "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
+            "precision": str(trainer.precision),  # what Lightning ran (16-mixed becomes bf16 on CPU)
+            "world_size": trainer.world_size, "batch_size": tcfg["batch_size"],
+            "global_batch": tcfg["batch_size"] * trainer.world_size,
+            "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",
+            "parameters": sum(p.numel() for p in system.model.parameters()),
+            "embed_dim": M.model_config(arch)["embed_dim"],
+            "train_shards": len(data.train_shards), "val_shards": len(data.val_shards),
+            **({"epochs": tcfg["epochs"], "max_steps_from_epochs": max_steps} if tcfg["epochs"] is not None else {})}
+
+
+def timing_of(trainer, system, data, *, tcfg: dict, hw: dict, resume: str | None, t0: float) -> dict:
+    """Wall-clock facts, which differ run to run: for the job's logs, never the versioned artifacts (the
+    benchmarks measure speed on purpose)."""
+    import torch
+
+    return {"train_seconds": float(system.train_seconds), "wall_seconds_this_run": time.time() - t0,
+            "resumed_from": Path(resume).name if resume else None,
+            "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
+                              system.samples_seen / system.train_seconds if system.train_seconds else None),
+            "torch_threads": torch.get_num_threads(), "steps": int(trainer.global_step),
+            "data_workers": data.num_workers, "compile": bool(tcfg["compile"]),
+            # share of the steady-state training time the GPU sat idle between steps (rank 0's GPU)
+            "gpu_idle_fraction": (system.gpu_idle_seconds / system.timed_seconds
+                                  if hw["accelerator"] == "gpu" and system.timed_seconds else None)}
+
+
+def write_logs(ckdir: Path, out_logs: str, system, summary: dict, arch: str) -> None:
+    """``out_logs``: curves.csv (once per step, across resumes), summary.json, model_config.json; the
+    TensorBoard events and Lightning's CSV (which carry wall-clock times) go to the job's logs (logs/train/)."""
+    import pandas as pd
+
+    from facecaption.core import openclip as M
+
+    out = Path(out_logs)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts", "tb", "csv"))
+    if (ckdir / "logs" / "tb").exists():
+        shutil.rmtree(TB_DIR, ignore_errors=True)
+        shutil.copytree(ckdir / "logs" / "tb", TB_DIR)
+    merge_csv(ckdir / "logs", Path(CSV_LOG))
+    pd.DataFrame(system.curve).to_csv(out / "curves.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    (out / "model_config.json").write_text(json.dumps({"arch": arch, "model_cfg": M.model_config(arch)}, indent=1))
+
+
+def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None,
+          out_hub: str | None = None, out_split: str | None = None) -> dict:
+    """Train, export ``out_model`` (and, when given, ``out_hub``: open_clip's hub layout, and ``out_split``: the
+    held-out split, :mod:`facecaption.core.split`), copy logs to ``out_logs``; returns the summary (with the
+    timing, on rank 0). ``stop_after`` (tests) raises after that many steps, as a killed job would stop."""
+    import lightning as L
+    import open_clip
+    import torch
+
+    from facecaption.core import openclip as M
+
+    tcfg, seed = cfg["train"], cfg["seed"]
+    if tcfg["threads"]:
+        torch.set_num_threads(tcfg["threads"])
+    image_size = tcfg_size(cfg)
+    arch = M.arch_for(tcfg["arch"], image_size)
+    require_shards(shards)
+    hw = hardware(tcfg)
+    split = make_split(shards, tcfg["val_shards"])
+    if hw["accelerator"] == "gpu":
+        torch.set_float32_matmul_precision(tcfg["matmul_precision"])  # TF32 for what runs outside autocast
+    ckdir = resume_folder(cfg, shards)
+    ckpts = ckdir / "checkpoints"
+    resume = latest_checkpoint(ckpts)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = new_model(arch, seed, tcfg)
+    data = caption_data(split, tcfg, seed=seed, image_size=image_size or M._image_size(M.model_config(arch)),
+                        tokenizer=open_clip.get_tokenizer(arch), num_workers=loader_workers(tcfg, hw))
+    max_steps = planned_steps(tcfg, split.train, hw)
+    if tcfg["compile"]:
+        model.compile()  # in place: the state dict keeps open_clip's names, so the export is unchanged
+    system = flip_system(model, tcfg, max_steps)
+    has_val = bool(split.held_out)
+    trainer, loggers = make_trainer(ckdir, tcfg, hw, max_steps, has_val, stop_after)
+
+    t0 = time.time()
+    fit(trainer, system, data, resume, ckpts,
+        what=f"train.batch_size: {tcfg['batch_size']} per device ({arch}, {image_size or 'native'} px, {hw['precision']})")
     if has_val and trainer.global_step % tcfg["val_every"] != 0:
         trainer.validate(system, datamodule=data, verbose=False)
-    final = ckpts / "final.ckpt"
-    trainer.save_checkpoint(final, weights_only=False)
-    summary = {}
-    if trainer.is_global_zero:
-        M.save_checkpoint(system.model, arch, out_model, steps=int(trainer.global_step))
-        if out_hub is not None:
-            M.save_open_clip_folder(system.model, arch, out_hub, steps=int(trainer.global_step))
-        summary = {"arch": arch, "base_arch": tcfg["arch"], "image_size": image_size, "steps": int(trainer.global_step),
-                   "samples": int(system.samples_seen),
-                   "skipped": dict(zip(SKIP_REASONS, system.skipped.tolist())), **{k: str(v) for k, v in hw.items()},
-                   "precision": str(trainer.precision),  # what Lightning ran (16-mixed becomes bf16 on CPU)
-                   "world_size": trainer.world_size, "batch_size": tcfg["batch_size"],
-                   "global_batch": tcfg["batch_size"] * trainer.world_size,
-                   "device_name": torch.cuda.get_device_name(0) if hw["accelerator"] == "gpu" else "cpu",
-                   "parameters": sum(p.numel() for p in system.model.parameters()),
-                   "embed_dim": M.model_config(arch)["embed_dim"],
-                   "train_shards": len(data.train_shards), "val_shards": len(data.val_shards),
-                   **({"epochs": tcfg["epochs"], "max_steps_from_epochs": tcfg["max_steps"]}
-                      if tcfg["epochs"] is not None else {})}
-        # wall-clock facts differ run to run: they go to the job's logs, never into the versioned artifacts
-        # (so a rerun gives the same bytes and the same dvc.lock); the benchmarks measure speed on purpose
-        timing = {"train_seconds": float(system.train_seconds), "wall_seconds_this_run": time.time() - t0,
-                  "resumed_from": Path(resume).name if resume else None,
-                  "samples_per_s": (system.timed_samples / system.timed_seconds if system.timed_seconds else
-                                    system.samples_seen / system.train_seconds if system.train_seconds else None),
-                  "torch_threads": torch.get_num_threads(), "steps": int(trainer.global_step),
-                  "data_workers": data.num_workers, "compile": bool(tcfg["compile"]),
-                  # share of the steady-state training time the GPU sat idle between steps (rank 0's GPU)
-                  "gpu_idle_fraction": (system.gpu_idle_seconds / system.timed_seconds
-                                        if hw["accelerator"] == "gpu" and system.timed_seconds else None)}
-        Path(TIMING_LOG).parent.mkdir(parents=True, exist_ok=True)
-        Path(TIMING_LOG).write_text(json.dumps(timing, indent=1, sort_keys=True))
-        log.info("train: %d steps in %.1f s of training (%.1f samples/s)%s", timing["steps"], timing["train_seconds"],
-                 timing["samples_per_s"] or 0, f", resumed from {timing['resumed_from']}" if resume else "")
-        for lg in loggers:
-            lg.finalize("success")
-        out = Path(out_logs)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(ckdir / "logs", out, ignore=shutil.ignore_patterns("parts", "tb", "csv"))
-        # TensorBoard events and Lightning's CSV carry wall-clock times (event names, samples/s): they go with
-        # the job's logs (logs/train/), not into the versioned artifacts; curves.csv below is the record
-        if (ckdir / "logs" / "tb").exists():
-            shutil.rmtree(TB_DIR, ignore_errors=True)
-            shutil.copytree(ckdir / "logs" / "tb", TB_DIR)
-        merge_csv(ckdir / "logs", Path(CSV_LOG))
-        import pandas as pd
+    trainer.save_checkpoint(ckpts / "final.ckpt", weights_only=False)
+    if not trainer.is_global_zero:  # only rank 0 writes: the folders, the logs, the artifacts
+        return {}
 
-        pd.DataFrame(system.curve).to_csv(out / "curves.csv", index=False)  # exactly once per step, across resumes
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-        open_clip_cfg = {"arch": arch, "model_cfg": M.model_config(arch)}
-        (out / "model_config.json").write_text(json.dumps(open_clip_cfg, indent=1))
-    return {**summary, **timing} if trainer.is_global_zero else summary
+    steps = int(trainer.global_step)
+    M.save_checkpoint(system.model, arch, out_model, steps=steps)
+    if out_hub is not None:
+        M.save_open_clip_folder(system.model, arch, out_hub, steps=steps)
+    if out_split is not None:
+        split.write(out_split)
+    summary = summary_of(trainer, system, data, arch=arch, tcfg=tcfg, image_size=image_size, hw=hw, max_steps=max_steps)
+    timing = timing_of(trainer, system, data, tcfg=tcfg, hw=hw, resume=resume, t0=t0)
+    Path(TIMING_LOG).parent.mkdir(parents=True, exist_ok=True)
+    Path(TIMING_LOG).write_text(json.dumps(timing, indent=1, sort_keys=True))
+    log.info("train: %d steps in %.1f s of training (%.1f samples/s)%s", timing["steps"], timing["train_seconds"],
+             timing["samples_per_s"] or 0, f", resumed from {timing['resumed_from']}" if resume else "")
+    for lg in loggers:
+        lg.finalize("success")
+    write_logs(ckdir, out_logs, system, summary, arch)
+    return {**summary, **timing}
 
 
-def run(cfg: dict, args) -> int:
-    from facecaption.core.config import ConfigError
+def run(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.core.devices import require_cuda_for_train
 
-    model_out, logs_out, hub_out = W.stage_outs("train")
     try:
         require_cuda_for_train(cfg)  # a job submitted to a node without CUDA: one line, before any work
-        train(cfg, W.stage_deps("train", cfg), model_out, logs_out, out_hub=hub_out)
+        train(cfg, io.many("pairs"), io.outputs["model"], io.outputs["logs"], out_hub=io.outputs["open_clip"],
+              out_split=io.outputs["split"])
     except (ModelError, ConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2

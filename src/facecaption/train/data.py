@@ -17,7 +17,8 @@ stream, per process (rank) and data-loader worker:
   ``DataLoader``), so global batch ``i`` is batch ``i // W`` of worker ``i % W``; a run resumed after ``n``
   optimiser steps makes every worker skip exactly the batches it had delivered, without augmenting them.
 
-The last ``train.val_shards`` shards are held out: a finite, unshuffled, unaugmented validation stream.
+The held-out shards (:mod:`facecaption.core.split`: the one rule, written to ``results/train/split.json``) are
+a finite, unshuffled, unaugmented validation stream.
 """
 
 from __future__ import annotations
@@ -187,28 +188,30 @@ class CaptionStream(IterableDataset):
 
 
 class CaptionData(L.LightningDataModule):
-    """Train stream over all but the last ``val_shards`` caption shards; validation on those."""
+    """The training stream over ``train_shards`` and the validation stream over ``val_shards`` (the held-out
+    shards of :func:`facecaption.core.split.make`). The other arguments are the ``train.*`` keys of the same
+    names (``resampled``: ``train.resampled is True``)."""
 
-    def __init__(self, shards: list[str], tcfg: dict, *, seed: int, image_size: int, tokenizer,
-                 num_workers: int | None = None):
+    def __init__(self, train_shards: list[str], val_shards: list[str], *, tokenizer, image_size: int, seed: int,
+                 batch_size: int, augment: dict | None = None, shuffle_buffer: int = 500, resampled: bool = False,
+                 val_max_samples: int | None = None, num_workers: int = 1):
         super().__init__()
-        self.num_workers = tcfg["num_workers"] if num_workers is None else num_workers
-        nval = tcfg["val_shards"] if len(shards) > tcfg["val_shards"] else 0
-        self.train_shards = shards[: len(shards) - nval]
-        self.val_shards = shards[len(shards) - nval:]
-        self.tcfg, self.seed, self.image_size, self.tokenizer = tcfg, seed, image_size, tokenizer
+        # the shard lists (thousands of paths at scale) and the tokenizer (an object) are not hyperparameters
+        self.save_hyperparameters(ignore=["train_shards", "val_shards", "tokenizer"])
+        self.train_shards, self.val_shards = list(train_shards), list(val_shards)
+        self.tokenizer = tokenizer
+        self.num_workers = num_workers
 
     def _world(self) -> tuple[int, int]:
         t = getattr(self, "trainer", None)
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def train_dataloader(self):
+        h = self.hparams
         rank, world = self._world()
-        resampled = self.tcfg["resampled"] is True  # auto: exact passes, each sample once per pass over all readers
-        ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=self.image_size,
-                           batch_size=self.tcfg["batch_size"], seed=self.seed, train=True,
-                           augment=self.tcfg["augment"], shuffle_buffer=self.tcfg["shuffle_buffer"],
-                           resampled=bool(resampled))
+        ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=h.image_size,
+                           batch_size=h.batch_size, seed=h.seed, train=True, augment=h.augment,
+                           shuffle_buffer=h.shuffle_buffer, resampled=bool(h.resampled))
         ds.rank, ds.world = rank, world
         ds.start_batches = self.trainer.global_step if getattr(self, "trainer", None) is not None else 0
         nw = self.num_workers
@@ -218,9 +221,9 @@ class CaptionData(L.LightningDataModule):
     def val_dataloader(self):
         if not self.val_shards:
             return []
+        h = self.hparams
         rank, world = self._world()
-        ds = CaptionStream(self.val_shards, tokenizer=self.tokenizer, image_size=self.image_size,
-                           batch_size=self.tcfg["batch_size"], seed=self.seed, train=False,
-                           max_samples=self.tcfg["val_max_samples"])
+        ds = CaptionStream(self.val_shards, tokenizer=self.tokenizer, image_size=h.image_size,
+                           batch_size=h.batch_size, seed=h.seed, train=False, max_samples=h.val_max_samples)
         ds.rank, ds.world = rank, world
         return DataLoader(ds, batch_size=None, num_workers=0)

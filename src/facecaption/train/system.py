@@ -33,19 +33,20 @@ log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)  # temperature floor 0.01, as in CLIP / open_clip
 
 
-def lr_lambda(tcfg: dict):
+def lr_lambda(*, lr: float, min_lr: float, warmup_steps: int, max_steps: int, schedule: str,
+              step_every: int = 1000, step_gamma: float = 0.1):
     """Multiplier of the peak lr at a step: linear warm-up, then cosine / step decay / constant."""
-    warm, total, base = tcfg["warmup_steps"], tcfg["max_steps"], tcfg["lr"]
-    floor = tcfg["min_lr"] / base
+    warm, total = warmup_steps, max_steps
+    floor = min_lr / lr
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        if tcfg["schedule"] == "cosine":
+        if schedule == "cosine":
             t = (step - warm) / max(1, total - warm)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-        if tcfg["schedule"] == "step":
-            return max(floor, tcfg["step_gamma"] ** ((step - warm) // tcfg["step_every"]))
+        if schedule == "step":
+            return max(floor, step_gamma ** ((step - warm) // step_every))
         return 1.0
 
     return f
@@ -70,10 +71,18 @@ def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
 
 
 class FlipSystem(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, tcfg: dict):
+    """Contrastive training of ``model`` (an open_clip model). The arguments are the ``train.*`` keys of the
+    same names (``max_steps``: the steps the schedule spans, after ``train.epochs``); ``batch_size`` is per
+    device."""
+
+    def __init__(self, model: torch.nn.Module, *, lr: float = 1e-3, min_lr: float = 0.0, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, warmup_steps: int = 10,
+                 max_steps: int = 80, schedule: str = "cosine", step_every: int = 1000, step_gamma: float = 0.1,
+                 grad_clip: float | None = 1.0, log_every: int = 5, batch_size: int = 48):
         super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams.betas = tuple(float(b) for b in betas)
         self.model = model
-        self.tcfg = tcfg
         self.loss_fn: ClipLoss | None = None
         self.skipped = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
         self.train_seconds = 0.0  # across resumes
@@ -149,7 +158,7 @@ class FlipSystem(L.LightningModule):
         bs = len(img)
         self.skipped += skipped.to("cpu", torch.long)
         self.samples_seen += bs * self.trainer.world_size
-        every = self.tcfg["log_every"]
+        every = self.hparams.log_every
         if (self.global_step + 1) % every == 0 or self.global_step == 0:
             self.check_finite()
             with torch.no_grad():
@@ -171,12 +180,12 @@ class FlipSystem(L.LightningModule):
         return loss
 
     def on_train_start(self):
-        now = self.trainer.world_size * self.tcfg["batch_size"]
+        now = self.trainer.world_size * self.hparams.batch_size
         if self.resumed_global_batch is not None and self.resumed_global_batch != now:
             log.warning("train: resumed with global batch %d (was %d): %d process(es) x train.batch_size %d; the "
                         "step count and learning-rate schedule continue, the data order from here differs from an "
                         "uninterrupted run", now, self.resumed_global_batch, self.trainer.world_size,
-                        self.tcfg["batch_size"])
+                        self.hparams.batch_size)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():
@@ -214,21 +223,23 @@ class FlipSystem(L.LightningModule):
             excluded = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
                 or "embedding" in name or "token_embedding" in name
             (no_decay if excluded else decay).append(p)
-        t = self.tcfg
+        h = self.hparams
         # fused AdamW (fast on GPUs) except under a gradient scaler, where the clip needs Lightning to unscale
         # first, which it does only for optimisers that do not unscale inside their step (module docstring)
         scaled = self._trainer is not None and str(self.trainer.precision).startswith("16")
         opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
-                                 {"params": decay, "weight_decay": t["weight_decay"]}],
-                                lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"], fused=not scaled,
+                                 {"params": decay, "weight_decay": h.weight_decay}],
+                                lr=h.lr, betas=tuple(h.betas), eps=h.eps, fused=not scaled,
                                 foreach=True if scaled else None)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(
+            lr=h.lr, min_lr=h.min_lr, warmup_steps=h.warmup_steps, max_steps=h.max_steps, schedule=h.schedule,
+            step_every=h.step_every, step_gamma=h.step_gamma))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the global gradient norm to ``train.grad_clip`` here rather than through the precision plugin
         (see the module docstring); the parameters in the optimiser's order, as Lightning's own clip does."""
-        clip = self.tcfg["grad_clip"]
+        clip = self.hparams.grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
 
@@ -238,7 +249,7 @@ class FlipSystem(L.LightningModule):
         checkpoint["facecaption"] = {"skipped": self.skipped.tolist(), "train_seconds": float(self.train_seconds),
                                      "samples_seen": int(self.samples_seen), "curve": self.curve,
                                      "world_size": int(self.trainer.world_size),
-                                     "global_batch": int(self.trainer.world_size * self.tcfg["batch_size"])}
+                                     "global_batch": int(self.trainer.world_size * self.hparams.batch_size)}
 
     def on_load_checkpoint(self, checkpoint):
         st = checkpoint.get("facecaption", {})

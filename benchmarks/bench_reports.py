@@ -213,18 +213,13 @@ def make_data(root: Path, rows: int, per_shard: int, truth: bool, templates: int
 
 # -- one measurement (in a child process) ---------------------------------------------------------------------------
 def paths(shards: list[str]) -> dict[str, list[str]]:
+    """Per artifact kind, its path for each shard (the registry's named outputs)."""
     from facecaption import workflow as W
 
-    out = {k: [] for k in ("collect", "truth", "faces", "records", "attributes", "captions", "quality")}
-    for s in shards:
-        _, c, t = W.stage_outs("collect", s)
-        _, f, r = W.stage_outs("faces", s)
-        (a,) = W.stage_outs("attributes", s)
-        _, cap = W.stage_outs("captions", s)
-        qp, _ = W.stage_outs("quality", s)
-        for k, v in zip(out, (c, t, f, r, a, cap, qp)):
-            out[k].append(v)
-    return out
+    named = {"collect": ("collect", "records"), "truth": ("collect", "truth"), "faces": ("faces", "faces"),
+             "records": ("faces", "records"), "attributes": ("attributes", "attributes"),
+             "captions": ("captions", "captions"), "quality": ("quality", "quality")}
+    return {k: [W.stage_outputs(stage, s)[name] for s in shards] for k, (stage, name) in named.items()}
 
 
 def aggregate(stage: str, shards: list[str], one_frame: bool) -> None:
@@ -248,7 +243,8 @@ def aggregate(stage: str, shards: list[str], one_frame: bool) -> None:
         from facecaption.faces.report import iter_shards, summarise
 
         summarise(iter_shards(p["faces"], p["records"], p["truth"]), 0.5, 24).audit_metrics()
-        accounting.violations(accounting.account(shards))
+        accounting.violations(accounting.account(accounting.shard_paths(p["collect"], p["records"], p["faces"],
+                                                                        p["attributes"], p["captions"])))
     elif stage == "attributes":
         from facecaption.attributes.report import audit_metrics, iter_shards, summarise
 
@@ -265,8 +261,7 @@ def aggregate(stage: str, shards: list[str], one_frame: bool) -> None:
 
         q = _config()["quality"]
         summarise(p["quality"], [], q, q["relevance"]["pairs"])
-        deps = [x for k in ("collect", "records", "attributes", "captions") for x in p[k]]
-        funnel(deps), balance(deps)
+        funnel(p["collect"], p["records"], p["attributes"], p["captions"]), balance(p["attributes"])
 
 
 def cache_lookup(cache_dir: str, shard: str, texts_file: str, old: bool) -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from support.repo import TEST_CONFIG, copy_repo, snakemake
 
+from facecaption import workflow as W
 from facecaption.faces import accounting
 from facecaption.collect.faults import COUNTS, plan
 from facecaption.faces.decode import category
@@ -38,6 +39,14 @@ def _injected() -> dict[str, str]:
 def _records(repo) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(repo / f"results/faces/{sh}.records.parquet") for sh in SHARDS],
                      ignore_index=True)
+
+
+def _account(repo) -> dict[str, accounting.StageCount]:
+    """The record accounting of ``repo``'s artifacts: report_faces's named inputs, under ``repo``."""
+    io = W.stage_io("report_faces", {}, SHARDS)
+    kinds = ("records", "face_records", "faces", "attributes", "captions")
+    named = [[str(repo / p) for p in io.many(k)] for k in kinds]
+    return accounting.account(accounting.shard_paths(*named))
 
 
 def _decoded_images(records: pd.DataFrame) -> set[str]:
@@ -110,7 +119,7 @@ def test_every_injected_record_is_rejected_with_its_reason(faulty):
             assert category(rows.iloc[0].reason) == EXPECTED[kind], (key, rows.iloc[0].reason)
         else:  # empty alt-text: the image is good and goes on; the accounting notes it
             assert len(rows) == 1 and category(rows.iloc[0].reason) not in EXPECTED.values(), rows
-    acc = accounting.account(SHARDS, faulty)
+    acc = _account(faulty)
     assert acc["collect"].notes["empty_alt_text"] == N_SHARDS
     reasons = acc["faces (images)"].rejected
     for kind, reason in EXPECTED.items():
@@ -118,12 +127,12 @@ def test_every_injected_record_is_rejected_with_its_reason(faulty):
 
 
 def test_accounting_is_conserved_at_every_stage(faulty, clean):
-    acc = accounting.account(SHARDS, faulty)
+    acc = _account(faulty)
     assert accounting.violations(acc) == []
     assert all(acc[s].n_in > 0 for s in accounting.STAGES)
     metrics = json.loads((faulty / "results/reports/faces/metrics.json").read_text())
     assert metrics["accounting_conserved"] is True and metrics["accounting_violations"] == []
-    acc = accounting.account(SHARDS, clean)  # collect and faces only
+    acc = _account(clean)  # collect and faces only
     assert accounting.violations(acc) == []
     assert acc["faces (images)"].n_in == N_SHARDS * PER_SHARD and not +acc["collect"].notes
 

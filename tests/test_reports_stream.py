@@ -20,6 +20,7 @@ from facecaption.attributes import report as attributes_report
 from facecaption.captions import report as captions_report
 from facecaption.core.celeba import ATTRIBUTES
 from facecaption.collect import report as collect_report
+from facecaption.faces import accounting
 from facecaption.faces import report as faces_report
 from facecaption.faces.audit import audit as faces_audit
 from facecaption.quality import report as quality_report
@@ -107,6 +108,33 @@ def test_faces_summary_streams(shards):
     alive = []
     faces_report.summarise(_watched(faces_report.iter_shards(p["faces"], p["records"], p["truth"]), alive), 0.5, 24)
     assert alive == [0]
+
+
+def test_accounting_reads_the_named_inputs(shards):
+    """The record accounting over report_faces's named inputs (the registry's paths under the shards' folder),
+    paired by shard: every stage adds up, and its counts are those of the files."""
+    from facecaption import workflow as W
+
+    root, p = shards
+    io = W.stage_io("report_faces", {}, SHARDS)
+    kinds = ("records", "face_records", "faces", "attributes", "captions")
+    named = {k: [str(root / x) for x in io.many(k)] for k in kinds}
+    assert named["records"] == p["collect"] and named["face_records"] == p["records"] and named["faces"] == p["faces"]
+    # the lists in another order pair up the same way (by shard id, not by position)
+    mixed = accounting.shard_paths(named["records"], named["face_records"][::-1], named["faces"],
+                                   named["attributes"][::-1], named["captions"])
+    acc = accounting.account(accounting.shard_paths(*named.values()))
+    assert {k: v.as_dict() for k, v in acc.items()} == {k: v.as_dict() for k, v in accounting.account(mixed).items()}
+    assert accounting.violations(acc) == []
+    collect = pd.concat([pd.read_parquet(x) for x in p["collect"]], ignore_index=True)
+    attrs = pd.concat([pd.read_parquet(x, columns=["key", "kept"]) for x in p["attributes"]], ignore_index=True)
+    caps = pd.concat([pd.read_parquet(x, columns=["key"]) for x in p["captions"]], ignore_index=True)
+    assert acc["collect"].n_in == len(collect) and acc["collect"].kept == int((collect.status == "success").sum())
+    assert acc["attributes"].n_in == len(attrs) and acc["attributes"].kept == int(attrs.kept.sum())
+    assert acc["captions"].n_in == int(attrs.kept.sum()) and acc["captions"].kept == len(caps)
+    # a stage whose files are not there (not run yet) ends the accounting of that shard
+    partial = accounting.account(accounting.shard_paths(named["records"], named["face_records"], named["faces"]))
+    assert partial["faces (faces)"].n_in == acc["faces (faces)"].n_in and partial["attributes"].n_in == 0
 
 
 def test_attributes_summary_streams(shards):

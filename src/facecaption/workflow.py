@@ -166,7 +166,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
             deps={"faces": f"{R}/faces/{ALL}.parquet", "face_records": f"{R}/faces/{ALL}.records.parquet",
                   "records": f"{R}/collect/{ALL}.parquet", "truth": f"{R}/collect/{ALL}.truth.parquet",
                   # the record accounting (facecaption.faces.accounting) follows records to the captions
-                  "attributes": f"{R}/attributes/{ALL}.parquet", "captions": f"{R}/captions/{ALL}.parquet"},
+                  "attributes": f"{R}/attributes/{ALL}.parquet", "captions": f"{R}/captions/{ALL}.parquet",
+                  "crops": f"{R}/faces/{ALL}.tar"},  # the grid of aligned examples
             params=("faces",), help="face funnel, record accounting, detection audit"),
     # -- attributes ----------------------------------------------------------------------------------------
     Stage("attributes_train", "facecaption.attributes:run_train", deps={**_split("images"), **_split("labels")},

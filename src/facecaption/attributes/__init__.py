@@ -13,7 +13,6 @@ has more than 5 kept labels. Every face of the faces shard gets a row, with the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -23,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facecaption import workflow as W
+from facecaption.core.config import StageConfig
 from facecaption.core.shards import atomic_path, iter_samples, read_parquet, write_parquet
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,13 @@ def apply_filters(probs: np.ndarray, threshold: float, min_labels: int) -> tuple
 # ---------------------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------------------
-def run_train(cfg: dict, args: argparse.Namespace) -> int:
+def run_train(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.attributes import data as D
     from facecaption.attributes import train as T
 
     acfg, seed = cfg["attributes"], cfg["seed"]
     torch.set_num_threads(D.threads())
-    deps = W.stage_deps("attributes_train", cfg)
-    split = {s: (next(p for p in deps if p.endswith(f"/{s}.tar")), next(p for p in deps if p.endswith(f"/{s}.parquet")))
-             for s in ("train", "val")}
+    split = {s: (io.one(f"{s}_images"), io.one(f"{s}_labels")) for s in ("train", "val")}
     attrs = D.labeled_attributes(read_parquet(split["train"][1]), split["train"][1])
     val_attrs = D.labeled_attributes(read_parquet(split["val"][1]), split["val"][1])
     if val_attrs != attrs:
@@ -72,7 +70,7 @@ def run_train(cfg: dict, args: argparse.Namespace) -> int:
     t1 = time.time()
     model, info = T.train(acfg, seed, attrs, train_set, val_x, val_y)
     seconds = time.time() - t1  # logged, not stored: the artifacts hold no wall-clock time (same bytes on a rerun)
-    model_pt, model_json = W.stage_outs("attributes_train")
+    model_pt, model_json = io.outputs["model"], io.outputs["card"]
     with atomic_path(model_pt) as tmp:
         torch.save(model.state_dict(), tmp)
     meta = {
@@ -158,16 +156,12 @@ def predict_shard(cfg: dict, faces_tar: str, faces_parquet: str, model_pt: str, 
     return pd.DataFrame(cols)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.attributes import data as D
 
-    if not args.shard:
-        raise SystemExit("attributes: --shard is required")
     torch.set_num_threads(D.threads())
-    faces_tar, faces_parquet, model_pt, model_json = W.stage_deps("attributes", cfg, args.shard)
-    df = predict_shard(cfg, faces_tar, faces_parquet, model_pt, model_json)
-    (out,) = W.stage_outs("attributes", args.shard)
-    write_parquet(df, out)
-    log.info("attributes %s: %d faces, %d kept (%.1f %%)", args.shard, len(df), int(df["kept"].sum()),
+    df = predict_shard(cfg, io.one("crops"), io.one("faces"), io.one("model"), io.one("card"))
+    write_parquet(df, io.outputs["attributes"])
+    log.info("attributes %s: %d faces, %d kept (%.1f %%)", io.shard, len(df), int(df["kept"].sum()),
              100.0 * df["kept"].mean() if len(df) else 0.0)
     return 0

@@ -7,7 +7,6 @@ matches faces to true faces within an image, so within a shard) and dropped befo
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from facecaption.core import reference
-from facecaption import workflow as W
-from facecaption.synthface.truth import truth_labels
+from facecaption.core.config import StageConfig
 from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
+from facecaption.core.stage import StageIO
+from facecaption.synthface.truth import truth_labels
 
 
 def audit_counts(attrs_df: pd.DataFrame, faces: pd.DataFrame, truth: pd.DataFrame, attrs: list[str]) -> dict | None:
@@ -122,7 +122,7 @@ def summarise(shards, attrs: list[str]) -> AttributesSummary:
 def iter_shards(attr_paths: list[str], face_paths: list[str], truth_paths: list[str], attrs: list[str]):
     """One shard's attribute labels (not the probabilities), kept faces and ground truth at a time."""
     box = ["x0", "y0", "x1", "y1"]
-    for _, (ap, fp, tp) in by_shard(attr_paths, [p for p in face_paths if ".records." not in p], truth_paths):
+    for _, (ap, fp, tp) in by_shard(attr_paths, face_paths, truth_paths):
         yield (read_columns(ap, ["key", "kept", "reason", "n_labels", *attrs]) if ap else pd.DataFrame(),
                read_columns(fp, ["key", "image_key", *box]) if fp else pd.DataFrame(columns=["key", "image_key"]),
                read_columns(tp, ["key", "face", *box, *attrs]) if tp else pd.DataFrame())
@@ -172,18 +172,13 @@ def framing_figure(rep: Report, plt, labeled_tar: str, face_tars: list[str], n: 
     rep.figure("framing", fig)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     acfg = cfg["attributes"]
-    deps = W.stage_deps("report_attributes", cfg)
-    attr_paths = [p for p in deps if p.startswith(f"{W.R}/attributes/") and p.endswith(".parquet")]
-    face_paths = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".parquet")]
-    truth_paths = [p for p in deps if p.endswith(".truth.parquet")]
-    model_json = next(p for p in deps if p.endswith("model.json"))
-    meta = json.loads(Path(model_json).read_text())
+    meta = json.loads(Path(io.one("card")).read_text())
     attrs = meta["attributes"]
-    summ = summarise(iter_shards(attr_paths, face_paths, truth_paths, attrs), attrs)
+    summ = summarise(iter_shards(io.many("attributes"), io.many("faces"), io.many("truth"), attrs), attrs)
 
-    rep = Report(W.report_dir("attributes"))
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     plt, sns = setup_plotting()
     n = summ.n
     kept_n = summ.kept
@@ -234,9 +229,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     ax.legend(fontsize=6, loc="lower left")
     rep.figure("attribute_accuracy", fig)
 
-    labeled_tar = next(p for p in deps if p.endswith("labeled/train.tar"))
-    face_tars = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".tar")]
-    framing_figure(rep, plt, labeled_tar, face_tars)
+    framing_figure(rep, plt, io.one("labeled_images"), io.many("crops"))
 
     fig, ax = plt.subplots(figsize=(4.5, 2.4))
     if n:

@@ -13,7 +13,6 @@ captions whatever the order or the shard it is in.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import random
@@ -24,10 +23,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from facecaption.core import rng as rngmod
-from facecaption import workflow as W
 from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.config import StageConfig
 from facecaption.core.reasons import plain as _plain
 from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
+from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,14 @@ def caption_faces(gen, seed: int, keys: list[str], labels: np.ndarray, attrs: li
         yield caps, stated
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.captions.grammar import Generator, Grammar
 
-    if not args.shard:
-        raise SystemExit("captions: --shard is required")
-    ccfg, seed = cfg["captions"], cfg["seed"]
-    faces_tar, faces_parquet, attrs_parquet = W.stage_deps("captions", cfg, args.shard)
-    out_tar, out_parquet = W.stage_outs("captions", args.shard)
-    grammar = Grammar.load(ccfg["grammar"])
+    ccfg, seed, shard = cfg["captions"], cfg["seed"], io.shard
+    faces_tar, faces_parquet, attrs_parquet = io.one("crops"), io.one("faces"), io.one("attributes")
+    out_tar, out_parquet = io.outputs["pairs"], io.outputs["captions"]
+    # captions.grammar, when set, is an input ("grammar"); unset: the grammar shipped in the package
+    grammar = Grammar.load(io.many("grammar")[0] if "grammar" in io.inputs else None)
     gen = Generator(grammar)
 
     attrs_df = read_parquet(attrs_parquet)
@@ -105,19 +104,19 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     meta_cols = [c for c in ("key", "image_key", "face", "alt_text") if c in faces.columns]
     df = attrs_df[attrs_df["kept"].astype(bool)].merge(faces[meta_cols], on="key", how="left")
     dropped = int((~attrs_df["kept"].astype(bool)).sum())
-    log.info("captions %s: %d kept faces to caption (%d not kept, see %s: reason)", args.shard, len(df), dropped,
+    log.info("captions %s: %d kept faces to caption (%d not kept, see %s: reason)", shard, len(df), dropped,
              attrs_parquet)
     keys = df["key"].astype(str).tolist()
     labels = df[attrs].fillna(-1).to_numpy(dtype=np.int8) if attrs else np.zeros((len(df), 0), np.int8)
     results = list(tqdm(caption_faces(gen, seed, keys, labels, attrs, ccfg["per_face"]), total=len(keys),
-                        desc=f"captions {args.shard}", mininterval=5))
+                        desc=f"captions {shard}", mininterval=5))
     grammar_caption = [caps[0] for caps, _ in results]
     rewritten = [None] * len(keys)
     errors: list = [None] * len(keys)
     if ccfg["llm"]["enabled"] and keys:
         from facecaption.captions.llm import Rewriter
 
-        rewriter = Rewriter(ccfg["llm"], shard=args.shard)  # reads only this shard's cache file
+        rewriter = Rewriter(ccfg["llm"], shard=shard)  # reads only this shard's cache file
         for i, (out, err) in enumerate(rewriter.rewrite(grammar_caption)):
             rewritten[i], errors[i] = out, err
     by_key = {k: i for i, k in enumerate(keys)}
@@ -150,7 +149,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
             rows.append(row)
     missing = [k for k in keys if k not in seen]
     if missing:
-        log.warning("captions %s: %d kept faces have no crop in %s (first: %s)", args.shard, len(missing), faces_tar,
+        log.warning("captions %s: %d kept faces have no crop in %s (first: %s)", shard, len(missing), faces_tar,
                     missing[0])
     schema = pa.schema([("key", pa.string()), ("image_key", pa.string()), ("face", pa.int32()),
                         ("caption", pa.string()), ("captions", pa.list_(pa.string())),
@@ -158,6 +157,6 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
                         ("alt_text", pa.string()), ("n_labels", pa.int32()), ("stated", pa.list_(pa.string()))])
     write_parquet(pa.Table.from_pylist(rows, schema=schema), out_parquet)
     n_rw = sum(r["rewritten"] for r in rows)
-    log.info("captions %s: %d faces captioned (%d rewritten by the LLM, %d rewrite failures)", args.shard, len(rows),
+    log.info("captions %s: %d faces captioned (%d rewritten by the LLM, %d rewrite failures)", shard, len(rows),
              n_rw, sum(r["rewrite_error"] is not None for r in rows))
     return 0

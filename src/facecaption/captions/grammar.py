@@ -123,10 +123,35 @@ def _split_gender(name: str) -> tuple[str, str | None]:
 
 
 class Grammar:
-    """A checked, compiled grammar. ``Grammar.load(path)`` raises ``GrammarError`` naming the line."""
+    """A checked, compiled grammar. ``Grammar.load(path)`` raises ``GrammarError`` naming the line.
+
+    Building one reads and checks each part of the file in turn (top level, settings, rules, groups, attribute
+    phrases), then every reference between them, then compiles one table per gender; the first problem found
+    stops it, in that order."""
 
     def __init__(self, src: _Src):
         self.path = src.path
+        data = self._check_top(src)
+        self._read_settings(src, dict(data.get("settings") or {}))
+        # where each rule and phrase list is in the file: (name, gender) / ("present:Attr", gender) -> node path
+        lines: dict[tuple, tuple] = {}
+        raw = self._read_rules(src, data.get("rules") or {}, lines)
+        self.group_templates = self._read_groups(src, data.get("groups") or {})
+        phrases = self._read_phrases(src, data, lines)
+        self._check_references(src, raw, phrases, lines)
+        self._check_cycles(raw, src, lines)
+        self._check_complete(src, phrases)
+        # flatten: the grammar is acyclic, so every nonterminal's language is a finite distribution over
+        # strings; sampling is then one weighted draw per phrase and per sentence
+        self._raw = raw
+        self._lang_cache: dict = {}
+        self.compiled: dict[str, dict] = {gender: self._compile_gender(gender, phrases, src, lines)
+                                          for gender in GENDERS}
+
+    # -- reading and checking the parts of the file --------------------------------------------------------
+    @staticmethod
+    def _check_top(src: _Src) -> dict:
+        """The file's top-level mapping: known keys only, version 1."""
         data = src.data
         if not isinstance(data, dict):
             raise src.err((), "the grammar must be a mapping with keys " + ", ".join(_TOP))
@@ -135,7 +160,10 @@ class Grammar:
                 raise src.err((key, "__key__"), f"unknown key {key!r}; known: {', '.join(_TOP)}")
         if data.get("version") != 1:
             raise src.err(("version",), f"version must be 1, found {data.get('version')!r}")
-        settings = dict(data.get("settings") or {})
+        return data
+
+    def _read_settings(self, src: _Src, settings: dict) -> None:
+        """``settings``: known keys of the right types and ranges, defaults filled in."""
         for k, v in settings.items():
             if k not in _SETTINGS:
                 raise src.err(("settings", k, "__key__"), f"unknown setting {k!r}; known: {', '.join(_SETTINGS)}")
@@ -155,42 +183,50 @@ class Grammar:
         self.first_subject = settings.get("first_subject")
         self.merge_verbs = bool(settings.get("merge_verbs", True))
 
-        # raw rules: name -> {gender or None: [(w, text)]}
-        raw: dict[str, dict] = {}
-        lines: dict[tuple, tuple] = {}
-        rules = data.get("rules") or {}
+    @staticmethod
+    def _read_rules(src: _Src, rules, lines: dict) -> dict[str, dict]:
+        """``rules`` as name -> {gender or None: [(weight, text)]}; records where each variant is."""
         if not isinstance(rules, dict):
             raise src.err(("rules",), "rules must be a mapping of nonterminal names to alternatives")
+        raw: dict[str, dict] = {}
         for name, alts in rules.items():
             base, g = _split_gender(name)
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", base) or (g is not None and g not in GENDERS):
                 raise src.err(("rules", name, "__key__"), f"bad nonterminal name {name!r} (Name or Name@male|female|person)")
             raw.setdefault(base, {})[g] = _alternatives(src, ("rules", name), alts)
             lines[(base, g)] = ("rules", name)
+        return raw
 
-        groups = data.get("groups") or {}
+    @staticmethod
+    def _read_groups(src: _Src, groups) -> dict[str, dict]:
+        """``groups`` as group -> {"sentence": [(weight, text)], "bare": [(weight, text)]}."""
         if not isinstance(groups, dict):
             raise src.err(("groups",), "groups must be a mapping")
-        self.group_templates: dict[str, dict] = {}
-        for gname, spec in groups.items():
-            if gname not in GROUPS:
-                raise src.err(("groups", gname, "__key__"), f"unknown group {gname!r}; known: {', '.join(GROUPS)}")
-            if not isinstance(spec, dict) or "sentence" not in spec:
-                raise src.err(("groups", gname), f"group {gname}: needs a 'sentence' list")
-            for k in spec:
-                if k not in ("sentence", "bare"):
-                    raise src.err(("groups", gname, k, "__key__"), f"group {gname}: unknown key {k!r}; known: sentence, bare")
-            sent = _alternatives(src, ("groups", gname, "sentence"), spec["sentence"])
-            for i, (_, t) in enumerate(sent):
-                if "{phrases}" not in t:
-                    raise src.err(("groups", gname, "sentence", i), f"sentence {t!r} lacks the {{phrases}} slot")
-            bare = _alternatives(src, ("groups", gname, "bare"), spec["bare"]) if "bare" in spec else []
-            for i, (_, t) in enumerate(bare):
-                if "{phrases}" in t:
-                    raise src.err(("groups", gname, "bare", i), "a bare sentence has no {phrases} slot")
-            self.group_templates[gname] = {"sentence": sent, "bare": bare}
+        return {gname: Grammar._read_group(src, gname, spec) for gname, spec in groups.items()}
 
-        # attribute phrases: (attr, value) -> {gender or None: [(w, text)]}
+    @staticmethod
+    def _read_group(src: _Src, gname: str, spec) -> dict:
+        """One group: its sentences (each with the ``{phrases}`` slot) and bare sentences (without)."""
+        if gname not in GROUPS:
+            raise src.err(("groups", gname, "__key__"), f"unknown group {gname!r}; known: {', '.join(GROUPS)}")
+        if not isinstance(spec, dict) or "sentence" not in spec:
+            raise src.err(("groups", gname), f"group {gname}: needs a 'sentence' list")
+        for k in spec:
+            if k not in ("sentence", "bare"):
+                raise src.err(("groups", gname, k, "__key__"), f"group {gname}: unknown key {k!r}; known: sentence, bare")
+        sent = _alternatives(src, ("groups", gname, "sentence"), spec["sentence"])
+        for i, (_, t) in enumerate(sent):
+            if "{phrases}" not in t:
+                raise src.err(("groups", gname, "sentence", i), f"sentence {t!r} lacks the {{phrases}} slot")
+        bare = _alternatives(src, ("groups", gname, "bare"), spec["bare"]) if "bare" in spec else []
+        for i, (_, t) in enumerate(bare):
+            if "{phrases}" in t:
+                raise src.err(("groups", gname, "bare", i), "a bare sentence has no {phrases} slot")
+        return {"sentence": sent, "bare": bare}
+
+    @staticmethod
+    def _read_phrases(src: _Src, data: dict, lines: dict) -> dict[tuple[str, int], dict]:
+        """``present`` and ``absent`` as (attribute, 1 | 0) -> {gender or None: [(weight, text)]}."""
         phrases: dict[tuple[str, int], dict] = {}
         for section, value in (("present", 1), ("absent", 0)):
             table = data.get(section) or {}
@@ -207,8 +243,11 @@ class Grammar:
                 for i, (_, t) in enumerate(phrases[(attr, value)][g]):
                     if "{phrases}" in t:
                         raise src.err((section, name, i), "a phrase has no {phrases} slot")
+        return phrases
 
-        # check every reference and compile one table per gender
+    # -- checks across the parts ------------------------------------------------------------------------------
+    def _check_references(self, src: _Src, raw: dict, phrases: dict, lines: dict) -> None:
+        """Every ``<Name>`` in rules, sentences and phrases (and ``first_subject``) is defined for every gender."""
         if self.first_subject is not None and self.first_subject not in raw:
             raise src.err(("settings", "first_subject"), f"unknown nonterminal <{self.first_subject}>")
         defined = {g: {base for base, v in raw.items() if g in v or None in v} for g in GENDERS}
@@ -225,15 +264,17 @@ class Grammar:
             for g, alts in variants.items():
                 for i, (_, t) in enumerate(alts):
                     check_refs(t, lines[(base, g)] + (i,))
-        for gname, spec in groups.items():
+        for gname, tmpl in self.group_templates.items():
             for kind in ("sentence", "bare"):
-                for i, (_, t) in enumerate(self.group_templates[gname][kind]):
+                for i, (_, t) in enumerate(tmpl[kind]):
                     check_refs(t, ("groups", gname, kind, i))
         for (attr, value), variants in phrases.items():
             for g, alts in variants.items():
                 for i, (_, t) in enumerate(alts):
                     check_refs(t, lines[(f"{'present' if value else 'absent'}:{attr}", g)] + (i,))
-        self._check_cycles(raw, src, lines)
+
+    def _check_complete(self, src: _Src, phrases: dict) -> None:
+        """Every ordered group has sentences, every attribute has (possibly no) phrases under ``present``."""
         for i, g in enumerate(self.order):
             if g not in self.group_templates:
                 raise src.err(("settings", "order", i), f"group {g!r} is ordered but has no entry under groups")
@@ -242,41 +283,41 @@ class Grammar:
             raise src.err(("present",), f"no phrases for attribute {missing[0]!r} under present "
                                         "(an empty list [] says: never state it)")
 
-        # flatten: the grammar is acyclic, so every nonterminal's language is a finite distribution over
-        # strings; sampling is then one weighted draw per phrase and per sentence
-        self._raw = raw
-        self._lang_cache: dict = {}
-        self.compiled: dict[str, dict] = {}
-        for gender in GENDERS:
-            comp_groups = {}
-            for gname in self.order:
-                members = []
-                for attr in GROUPS[gname]:
-                    pair = []
-                    for value in (1, 0):
-                        variants = phrases.get((attr, value), {})
-                        alts = variants.get(gender, variants.get(None))
-                        if not alts:
-                            pair.append(None)
-                            continue
-                        sec = "present" if value else "absent"
-                        where = lines[(f"{sec}:{attr}", gender if gender in variants else None)]
-                        pair.append(self._flat_phrase(self._flatten(alts, gender, src, where), negated=not value))
-                    if pair[0] is not None or pair[1] is not None:
-                        members.append((attr, pair[0], pair[1]))
-                tmpl = self.group_templates[gname]
-                where = ("groups", gname, "sentence")
-                sent = self._flat_sentence(self._flatten(tmpl["sentence"], gender, src, where))
-                first = sent
-                if self.first_subject:
-                    alts = [(w, t.replace("<Subj>", f"<{self.first_subject}>")) for w, t in tmpl["sentence"]]
-                    first = self._flat_sentence(self._flatten(alts, gender, src, where))
-                bare = None
-                if tmpl["bare"]:
-                    fl = self._flatten(tmpl["bare"], gender, src, ("groups", gname, "bare"))
-                    bare = (fl[0], fl[1], tuple(_cap(t) for t in fl[2]), fl[3])
-                comp_groups[gname] = (tuple(members), sent, first, bare)
-            self.compiled[gender] = comp_groups
+    # -- compiling -------------------------------------------------------------------------------------------
+    def _compile_gender(self, gender: str, phrases: dict, src: _Src, lines: dict) -> dict[str, tuple]:
+        """The table of one gender: group -> (members, sentence, first sentence, bare sentence)."""
+        return {gname: self._compile_group(gender, gname, phrases, src, lines) for gname in self.order}
+
+    def _compile_group(self, gender: str, gname: str, phrases: dict, src: _Src, lines: dict) -> tuple:
+        members = []
+        for attr in GROUPS[gname]:
+            pair = [self._compile_phrase(gender, attr, value, phrases, src, lines) for value in (1, 0)]
+            if pair[0] is not None or pair[1] is not None:
+                members.append((attr, pair[0], pair[1]))
+        tmpl = self.group_templates[gname]
+        where = ("groups", gname, "sentence")
+        sent = self._flat_sentence(self._flatten(tmpl["sentence"], gender, src, where))
+        first = sent
+        if self.first_subject:
+            alts = [(w, t.replace("<Subj>", f"<{self.first_subject}>")) for w, t in tmpl["sentence"]]
+            first = self._flat_sentence(self._flatten(alts, gender, src, where))
+        bare = None
+        if tmpl["bare"]:
+            fl = self._flatten(tmpl["bare"], gender, src, ("groups", gname, "bare"))
+            bare = (fl[0], fl[1], tuple(_cap(t) for t in fl[2]), fl[3])
+        return (tuple(members), sent, first, bare)
+
+    def _compile_phrase(self, gender: str, attr: str, value: int, phrases: dict, src: _Src,
+                        lines: dict) -> tuple | None:
+        """The phrase choice stating ``attr = value`` for ``gender`` (its own variant, else the common one);
+        None when there is nothing to say."""
+        variants = phrases.get((attr, value), {})
+        alts = variants.get(gender, variants.get(None))
+        if not alts:
+            return None
+        sec = "present" if value else "absent"
+        where = lines[(f"{sec}:{attr}", gender if gender in variants else None)]
+        return self._flat_phrase(self._flatten(alts, gender, src, where), negated=not value)
 
     _MAX_EXPANSIONS = 20000
 

@@ -7,22 +7,22 @@ captions of the shards its faces come from."""
 
 from __future__ import annotations
 
-import argparse
-import io
 import textwrap
 from collections import Counter
+from io import BytesIO
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-from facecaption import workflow as W
-from facecaption.synthface.truth import truth_labels
 from facecaption.core.celeba import ATTRIBUTES
-from facecaption.core.sketch import Distinct, hash_values
+from facecaption.core.config import StageConfig
 from facecaption.core.report import Report, by_shard, read_columns, setup_plotting, shard_of
 from facecaption.core.shards import iter_samples
+from facecaption.core.sketch import Distinct, hash_values
+from facecaption.core.stage import StageIO
+from facecaption.synthface.truth import truth_labels
 
 
 def parse_stated(items) -> list[tuple[str, int]]:
@@ -168,7 +168,7 @@ def example_figure(plt, tars: list[str], captions_of, n: int):
         by_key = captions_of(tar)
         for sample in iter_samples(tar):
             if sample["__key__"] in by_key and "jpg" in sample:
-                picked.append((sample["__key__"], Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))
+                picked.append((sample["__key__"], Image.open(BytesIO(sample["jpg"])).convert("RGB")))
                 texts[sample["__key__"]] = by_key[sample["__key__"]]
             if len(picked) >= n:
                 break
@@ -199,15 +199,10 @@ def iter_shards(cap_paths: list[str], attr_paths: list[str], face_paths: list[st
                read_columns(tp, [c for c in pq.read_schema(tp).names if c != "landmarks"]) if tp else pd.DataFrame())
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    deps = W.stage_deps("report_captions", cfg)
-    cap_paths = [p for p in deps if p.startswith(f"{W.R}/captions/") and p.endswith(".parquet")]
-    tars = [p for p in deps if p.startswith(f"{W.R}/captions/") and p.endswith(".tar")]
-    attr_paths = [p for p in deps if p.startswith(f"{W.R}/attributes/") and p.endswith(".parquet")]
-    face_paths = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".parquet")]
-    truth_paths = [p for p in deps if p.endswith(".truth.parquet")]
-    summ = summarise(iter_shards(cap_paths, attr_paths, face_paths, truth_paths))
-    rep = Report(W.report_dir("captions"))
+def run(cfg: StageConfig, io: StageIO) -> int:
+    cap_paths, tars = io.many("captions"), io.many("pairs")
+    summ = summarise(iter_shards(cap_paths, io.many("attributes"), io.many("faces"), io.many("truth")))
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     plt, sns = setup_plotting()
 
     n = summ.faces

@@ -12,7 +12,6 @@ Nothing in one image can stop the shard: undecodable bytes, bombs and detector e
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -23,12 +22,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from facecaption import workflow as W
-from facecaption.core.optout import OptOut
 from facecaption.core.align import align, template, transform_points
+from facecaption.core.config import StageConfig
+from facecaption.core.optout import OptOut
+from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
+from facecaption.core.stage import StageIO
 from facecaption.faces.decode import decode_image
 from facecaption.faces.detect import Face, ModelMissing, make_detector
-from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -234,32 +234,30 @@ def _collect_samples(tar_path: str, images: pd.DataFrame, records: list, optout=
         records.append(_record(row.key, -1, "dropped", reason[:200]))
 
 
-def run_shard(cfg: dict, shard: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_shard(cfg: StageConfig, io: StageIO) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The faces of one shard: ``io`` inputs ``images`` (collect tar) and ``records`` (collect parquet),
+    outputs ``crops`` (tar), ``faces`` (kept faces) and ``records`` (every image and detected face)."""
     fcfg, acfg = cfg["faces"], cfg["align"]
     detector = make_detector(fcfg, threads=threads())  # first: a detector that cannot run stops the shard at once
-    tar_in, parquet_in = W.stage_deps("faces", cfg, shard)
-    tar_out, parquet_out, records_out = W.stage_outs("faces", shard)
-    images = read_parquet(parquet_in)
+    tar_in = io.one("images")
+    images = read_parquet(io.one("records"))
     extra: list = []
-    optout = OptOut.from_config(cfg.get("optout"))
-    faces_df, records = process(_collect_samples(tar_in, images, extra, optout), fcfg, acfg, detector, tar_out,
-                                total=len(images), desc=f"faces {shard}")
+    optout = OptOut.from_config(cfg.get("optout"))  # its list files are also inputs (io: optout_lists)
+    faces_df, records = process(_collect_samples(tar_in, images, extra, optout), fcfg, acfg, detector,
+                                io.outputs["crops"], total=len(images), desc=f"faces {io.shard}")
     if extra:
         records = pd.concat([records, pd.DataFrame(extra, columns=RECORD_COLUMNS)], ignore_index=True)
-    write_parquet(faces_df, parquet_out)
-    write_parquet(records, records_out)
+    write_parquet(faces_df, io.outputs["faces"])
+    write_parquet(records, io.outputs["records"])
     img = records[records.face == -1]
-    log.info("faces %s: %d images, %d with a kept face, %d faces kept (%s)", shard, len(img),
+    log.info("faces %s: %d images, %d with a kept face, %d faces kept (%s)", io.shard, len(img),
              int((img.status == "kept").sum()), len(faces_df), detector.name)
     return faces_df, records
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
-    if not args.shard:
-        print("faces: --shard ID is required", file=sys.stderr)
-        return 2
+def run(cfg: StageConfig, io: StageIO) -> int:
     try:
-        run_shard(cfg, args.shard)
+        run_shard(cfg, io)
     except ModelMissing as exc:
         print(str(exc), file=sys.stderr)
         return 2

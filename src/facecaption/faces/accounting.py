@@ -16,18 +16,23 @@ Read from the artifacts, one shard at a time (nothing holds more than one shard'
 :func:`violations` checks conservation (in = kept + rejected) and that the keys match one to one.
 Duplicate keys: the first occurrence in a shard wins; later ones are rejected as ``duplicate_key`` by the
 faces stage.
+
+The caller names the files (:func:`shard_paths`: the report stage's inputs, paired by shard); a stage whose
+file is absent for a shard (not run yet) ends that shard's accounting there.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from facecaption import workflow as W
 from facecaption.core.reasons import category
+from facecaption.core.report import by_shard
 
 STAGES = ("collect", "faces (images)", "faces (faces)", "attributes", "captions")
 
@@ -51,7 +56,33 @@ class StageCount:
                 "problems": list(self.problems)}
 
 
-def _read(path: Path, columns: list[str]):
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    """One shard's artifacts that the accounting reads; None: that stage's file is not given."""
+
+    shard: str
+    collect: PathLike  # collect/<shard>.parquet: the attempted images
+    face_records: PathLike | None = None  # faces/<shard>.records.parquet
+    faces: PathLike | None = None  # faces/<shard>.parquet: the kept faces
+    attributes: PathLike | None = None  # attributes/<shard>.parquet
+    captions: PathLike | None = None  # captions/<shard>.parquet
+
+
+def shard_paths(collect: Sequence[PathLike], face_records: Sequence[PathLike] = (), faces: Sequence[PathLike] = (),
+                attributes: Sequence[PathLike] = (), captions: Sequence[PathLike] = ()) -> list[ShardPaths]:
+    """Per-stage path lists (one file per shard) paired by shard id, in the order of ``collect``."""
+    lists = [[str(p) for p in g] for g in (collect, face_records, faces, attributes, captions)]
+    return [ShardPaths(shard, *paths) for shard, paths in by_shard(*lists) if paths[0] is not None]
+
+
+def _there(path: PathLike | None) -> bool:
+    return path is not None and Path(path).exists()
+
+
+def _read(path: PathLike, columns: list[str]):
     schema = pq.read_schema(path)
     cols = [c for c in columns if c in schema.names]
     return pq.read_table(path, columns=cols).to_pandas()
@@ -64,19 +95,14 @@ def _key_mismatch(stage: StageCount, shard: str, expected: Counter, got: Counter
         stage.problems.append(f"shard {shard}: {what}: missing {missing}, unexpected {extra}")
 
 
-def account(shards: list[str], root: str | Path = ".") -> dict[str, StageCount]:
+def account(shards: Iterable[ShardPaths]) -> dict[str, StageCount]:
     """Count in / kept / rejected (by reason category) for every stage over ``shards``."""
-    root = Path(root)
     out = {name: StageCount(name) for name in STAGES}
     c, fi, ff, at, ca = (out[n] for n in STAGES)
-    for shard in shards:
-        _, collect_pq, _ = W.stage_outs("collect", shard)
-        _, faces_pq, records_pq = W.stage_outs("faces", shard)
-        (attrs_pq,) = W.stage_outs("attributes", shard)
-        _, captions_pq = W.stage_outs("captions", shard)
-
+    for paths in shards:
+        shard = paths.shard
         # collect
-        col = _read(root / collect_pq, ["key", "status", "caption"])
+        col = _read(paths.collect, ["key", "status", "caption"])
         status = col["status"].fillna("success") if "status" in col else None
         ok = (status == "success") if status is not None else col["key"].notna()
         c.n_in += len(col)
@@ -91,16 +117,16 @@ def account(shards: list[str], root: str | Path = ".") -> dict[str, StageCount]:
             c.notes["repeated_key"] += dup
 
         # faces: image level and face level
-        if not (root / records_pq).exists():
+        if not _there(paths.face_records):
             continue
-        rec = _read(root / records_pq, ["image_key", "face", "status", "reason"])
+        rec = _read(paths.face_records, ["image_key", "face", "status", "reason"])
         img, det = rec[rec["face"] == -1], rec[rec["face"] >= 0]
         fi.n_in += len(col)
         fi.kept += int((img["status"] == "kept").sum())
         fi.rejected.update(img.loc[img["status"] != "kept", "reason"].fillna("").map(category).replace("", "unknown"))
         _key_mismatch(fi, shard, Counter(col["key"]), Counter(img["image_key"]), "collect rows vs image records")
 
-        faces = _read(root / faces_pq, ["key"])
+        faces = _read(paths.faces, ["key"])
         ff.n_in += len(det)
         ff.kept += len(faces)
         ff.rejected.update(det.loc[det["status"] != "kept", "reason"].fillna("").map(category).replace("", "unknown"))
@@ -109,9 +135,9 @@ def account(shards: list[str], root: str | Path = ".") -> dict[str, StageCount]:
         _key_mismatch(ff, shard, expected, Counter(faces["key"]), "kept face records vs faces parquet")
 
         # attributes
-        if not (root / attrs_pq).exists():
+        if not _there(paths.attributes):
             continue
-        attrs = _read(root / attrs_pq, ["key", "kept", "reason"])
+        attrs = _read(paths.attributes, ["key", "kept", "reason"])
         kept = attrs["kept"].fillna(False).astype(bool)
         at.n_in += len(faces)
         at.kept += int(kept.sum())
@@ -119,9 +145,9 @@ def account(shards: list[str], root: str | Path = ".") -> dict[str, StageCount]:
         _key_mismatch(at, shard, Counter(faces["key"]), Counter(attrs["key"]), "faces vs attribute rows")
 
         # captions
-        if not (root / captions_pq).exists():
+        if not _there(paths.captions):
             continue
-        caps = _read(root / captions_pq, ["key"])
+        caps = _read(paths.captions, ["key"])
         wanted = Counter(attrs.loc[kept, "key"])
         got = Counter(caps["key"])
         ca.n_in += sum(wanted.values())

@@ -6,21 +6,21 @@ summarised into a ``FacesSummary`` and dropped before the next shard is read."""
 
 from __future__ import annotations
 
-import argparse
-import io
 from collections import Counter
+from io import BytesIO
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from facecaption.core import reference
-from facecaption.faces import accounting
-from facecaption import workflow as W
-from facecaption.faces.audit import audit
+from facecaption.core.config import StageConfig
 from facecaption.core.reasons import category
 from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
 from facecaption.core.shards import iter_samples
+from facecaption.core.stage import StageIO
+from facecaption.faces import accounting
+from facecaption.faces.audit import audit
 
 
 def funnel(records: pd.DataFrame, min_score: float) -> dict:
@@ -45,7 +45,7 @@ def crop_grid(tar_path: str, n: int = 24, cols: int = 8, cell: int = 80) -> Imag
     crops = []
     for s in iter_samples(tar_path):
         if "jpg" in s:
-            crops.append(Image.open(io.BytesIO(s["jpg"])).convert("RGB").resize((cell - 2, cell - 2)))
+            crops.append(Image.open(BytesIO(s["jpg"])).convert("RGB").resize((cell - 2, cell - 2)))
         if len(crops) >= n:
             break
     if not crops:
@@ -163,15 +163,12 @@ def iter_shards(face_files: list[str], record_files: list[str], truth_files: lis
         yield _frame(fp, FACE_COLUMNS), _frame(rp, RECORD_COLUMNS), _frame(tp, TRUTH_COLUMNS)
 
 
-def run(cfg: dict, args: argparse.Namespace) -> int:
+def run(cfg: StageConfig, io: StageIO) -> int:
     fcfg = cfg["faces"]
-    deps = W.stage_deps("report_faces", cfg)
-    face_files = [p for p in deps if p.startswith(f"{W.R}/faces/") and p.endswith(".parquet") and ".records." not in p]
-    record_files = [p for p in deps if p.endswith(".records.parquet")]
-    truth_files = [p for p in deps if p.endswith(".truth.parquet")]
+    face_files, record_files, truth_files = io.many("faces"), io.many("face_records"), io.many("truth")
     detector = fcfg["detector"]
     min_score = fcfg["min_score"][detector]
-    rep = Report(W.report_dir("faces"))
+    rep = Report(io.outputs["report"], metrics_file=io.outputs["metrics"])
     plt, sns = setup_plotting()
 
     summ = summarise(iter_shards(face_files, record_files, truth_files), min_score, fcfg["min_size"])
@@ -241,7 +238,8 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
     rep.figure("funnel", fig)
 
     # record accounting: every record entering a stage is kept or rejected with its reason
-    acc = accounting.account(W.shard_ids(cfg))
+    acc = accounting.account(accounting.shard_paths(io.many("records"), record_files, face_files,
+                                                    io.many("attributes"), io.many("captions")))
     bad = accounting.violations(acc)
     rep.metric("accounting", {k: v.as_dict() for k, v in acc.items()})
     rep.metric("accounting_violations", bad)
@@ -251,7 +249,7 @@ def run(cfg: dict, args: argparse.Namespace) -> int:
               caption="Record accounting per stage: every record in is kept or rejected with its reason.",
               note="Reasons are categories (the part before ':'); duplicate keys: the first occurrence wins.")
 
-    tars = [p.replace(".parquet", ".tar") for p in face_files]
+    tars = io.many("crops")
     grid = crop_grid(tars[0]) if tars else None
     rep.metric("has_examples", grid is not None)
     if grid is not None:

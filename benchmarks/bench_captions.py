@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facecaption.core import rng as rngmod
 from facecaption.captions import caption_faces
 from facecaption.captions.grammar import Generator, Grammar
+from facecaption.core import rng as rngmod
 from facecaption.synthface.render import DRAWABLE, sample_attributes, sample_identity
 
 TARGET = 20_000

@@ -31,8 +31,8 @@ def images(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def bench(detector, fcfg: dict, acfg: dict, imgs: list[np.ndarray], threads: int, repeat: int = 2) -> dict:
-    from facecaption.faces import process
     from facecaption.core.shards import encode_jpeg
+    from facecaption.faces import process
 
     bs = fcfg["batch_size"]
     threshold = min(fcfg["candidate_score"], fcfg["min_score"][fcfg["detector"]])

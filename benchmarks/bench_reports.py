@@ -11,7 +11,8 @@ in a fresh child process (peak RSS = ``ru_maxrss`` of that child), runs every re
 accounting and the dataset card's counts) over ``--small`` and ``--rows`` faces. The streamed stages' peak
 is projected to 15M faces by the line through the two sizes; for comparison, the "one frame" column reads
 the same inputs at ``--rows`` into one DataFrame per artifact, as the reports did before (a lower bound of
-their peak; report_quality streamed already, so it has no such column). Times are single-process wall seconds (one core busy), projected linearly.
+their peak; report_quality streamed already, so it has no such column). Times are single-process wall seconds
+(one core busy), projected linearly.
 
 Caption cache: a caption job's lookup (``Rewriter(cfg, shard).rewrite(texts)``, every text already cached,
 nothing sent) of one shard's ``--per-shard`` captions, with the other shards' cache holding each of

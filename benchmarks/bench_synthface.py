@@ -91,7 +91,8 @@ def main(argv=None):
     for k, v in res.items():
         if k == "machine":
             continue
-        print(f"{k:22s} img/s={v['images_per_s']:7.2f} (per cpu-s {v['images_per_cpu_s']:7.2f})  faces={v['faces']:4d}  recall@0.5={v['recall@0.5']}  "
+        print(f"{k:22s} img/s={v['images_per_s']:7.2f} (per cpu-s {v['images_per_cpu_s']:7.2f})  faces={v['faces']:4d}  "
+              f"recall@0.5={v['recall@0.5']}  "
               f"mean={v['mean_score']}  >0.7={v['share_above_0.7']}  fp={v['false_positives']}")
         for b, bv in v["by_face_width"].items():
             print(f"{'':24s}{b:>12s}: n={bv['faces']:4d} recall={bv['recall@0.5']} mean={bv['mean_score']}")

@@ -120,7 +120,8 @@ def open_clip_trainer(shards: list[str], arch: str, batch: int, steps: int, work
             "--precision", prec, "--lr", "1e-4", "--warmup", "2", "--log-every-n-steps", "5",
             "--logs", str(tmp / "oc_logs"), "--name", "bench", "--save-frequency", "0", "--seed", "0",
             "--report-to", "", "--dataset-resampled", "--grad-clip-norm", "1.0"]  # clipping on, as ours
-    code = (f"import sys; from facecaption.core import openclip as M; M.arch_for('{arch.rsplit('-', 1)[0] if arch.endswith('px') else arch}', {size}); "
+    base = arch.rsplit('-', 1)[0] if arch.endswith('px') else arch
+    code = (f"import sys; from facecaption.core import openclip as M; M.arch_for('{base}', {size}); "
             f"from open_clip_train.main import main; main(sys.argv[1:])")
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp)
@@ -220,8 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         r_plain = ours(shards, a.arch, a.batch, a.steps, a.size, a.workers, tmp, randaugment_ops=0)
         r_oc = open_clip_trainer(shards, arch, a.batch, a.steps, a.workers, a.size, hw["precision"], tmp)
     result = {
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
-                                                                          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()})",
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else (
+            f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch threads {torch.get_num_threads()})"),
         "precision": hw["precision"], "arch": arch, "image_size": a.size, "batch_size": a.batch, "steps": a.steps,
         "workers": a.workers, "samples_per_s": {"ours": r_ours, "ours_without_randaugment": r_plain,
                                              "open_clip_trainer": r_oc, "bare_step": r_bare},

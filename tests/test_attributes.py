@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_stage, tiny_config
 
 from facecaption.attributes import apply_filters
 from facecaption.attributes.data import AttributeDataError, labeled_attributes
 from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 from facecaption.synthface.truth import truth_labels
-
-from conftest import run_stage, tiny_config
 
 
 def build_faces_shard(shard: str = "00000", n: int | None = None, drop_crop: str | None = None) -> list[str]:

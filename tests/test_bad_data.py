@@ -15,8 +15,8 @@ import yaml
 from support.repo import TEST_CONFIG, copy_repo, snakemake
 
 from facecaption import workflow as W
-from facecaption.faces import accounting
 from facecaption.collect.faults import COUNTS, plan
+from facecaption.faces import accounting
 from facecaption.faces.decode import category
 
 pytestmark = pytest.mark.slow
@@ -144,6 +144,7 @@ def test_no_good_record_is_lost(faulty, clean):
     assert bad <= good  # the injected images were good in the clean run
     assert _decoded_images(_records(faulty)) == good - bad
     # the same good images give the same kept faces (the duplicates' first occurrence included)
-    kept = lambda repo: set(pd.concat([pd.read_parquet(repo / f"results/faces/{sh}.parquet", columns=["key"])
-                                       for sh in SHARDS]).key)
+    def kept(repo):
+        return set(pd.concat([pd.read_parquet(repo / f"results/faces/{sh}.parquet", columns=["key"]) for sh in SHARDS]).key)
+
     assert kept(faulty) == {k for k in kept(clean) if k.rsplit("_", 1)[0] not in bad}

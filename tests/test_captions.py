@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_stage, tiny_config
+from support.llm import FakeLLM
 
 from facecaption.captions import CaptionInputError, label_columns
 from facecaption.captions.grammar import Generator, Grammar, GrammarError, default_path
@@ -22,9 +24,6 @@ from facecaption.captions.llm import Rewriter
 from facecaption.core.celeba import ATTRIBUTES
 from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
 from facecaption.synthface.truth import truth_labels
-
-from conftest import run_stage, tiny_config
-from support.llm import FakeLLM
 
 GEN = Generator(Grammar.load())
 

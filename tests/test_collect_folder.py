@@ -8,9 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from conftest import run_stage, tiny_config
 from facecaption.collect import folder as F
 from facecaption.collect.plan import shard_ids
 from facecaption.core.shards import iter_samples, read_parquet

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import ROOT, run_stage
+from test_collect_urls import Server, server, url_config  # noqa: F401 (server: the loopback HTTP fixture)
 
 import facecaption
-from conftest import ROOT, run_stage
 from facecaption.collect import spark as S
 from facecaption.core.shards import iter_samples, read_parquet
-from test_collect_urls import Server, server, url_config  # noqa: F401 (server: the loopback HTTP fixture)
 
 # url path -> expected status: one shard of 20 rows, 4 chunks of 5 (4 Spark tasks on 2 cores)
 CASES = [

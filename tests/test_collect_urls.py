@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, run_stage, tiny_config
 from PIL import Image
 
-from conftest import ROOT, run_stage, tiny_config
 from facecaption.collect import download as D
 from facecaption.collect import opener as O
 from facecaption.collect import url_inputs as I

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from conftest import run_stage, tiny_config
-from facecaption.faces import judge_faces
 from facecaption.core.align import template
+from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
+from facecaption.faces import judge_faces
 from facecaption.faces.decode import decode_image
 from facecaption.faces.detect import CenterFaceDetector, Face
-from facecaption.core.shards import ShardWriter, iter_samples, read_parquet, write_parquet
 
 INSIGHTFACE_IMAGES = Path(__import__("insightface").__file__).parent / "data" / "images"
 

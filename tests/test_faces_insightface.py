@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_stage, tiny_config
-from facecaption.faces.detect import InsightFaceDetector, ModelMissing, find_insightface_model
+
 from facecaption.core.shards import read_parquet
+from facecaption.faces.detect import InsightFaceDetector, ModelMissing, find_insightface_model
 
 K = 64  # the fake detector "finds" bright K×K squares (in detector-input pixels)
 STRIDES = (8, 16, 32)

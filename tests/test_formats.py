@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facecaption.core import celeba_files as C
 from facecaption.core.celeba import ATTRIBUTES
 from facecaption.evaluate import data as D
-from facecaption.core import celeba_files as C
 from facecaption.synthface import formats as F
 
 

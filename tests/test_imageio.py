@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecaption.faces.decode import decode_image
 from facecaption.core.imageio import to_rgb, to_rgb_array
+from facecaption.faces.decode import decode_image
 
 
 def reference() -> np.ndarray:

@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from conftest import run_stage, tiny_config
-from facecaption.core.align import align, similarity, template, transform_points
 from facecaption.core import celeba_files as C
+from facecaption.core.align import align, similarity, template, transform_points
 from facecaption.core.shards import iter_samples, read_parquet
 from facecaption.synthface.formats import write_celeba
 

@@ -17,14 +17,14 @@ import tomllib
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, run_stage, tiny_config
+from test_faces_insightface import _ins, fake_scrfd, square_image
+
 from facecaption import preflight as P
 from facecaption.core import devices as D
 from facecaption.core.config import ConfigError
-from facecaption.faces.detect import InsightFaceDetector, ModelMissing
 from facecaption.core.shards import read_parquet
-from test_faces_insightface import _ins, fake_scrfd, square_image
+from facecaption.faces.detect import InsightFaceDetector, ModelMissing
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 GPU_FACES = {"detector": "insightface", "insightface": {"device": "cuda"}}

@@ -17,7 +17,6 @@ and then checks that the overlay's choices took effect in the artifacts, not onl
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,8 +95,8 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     from support.crawl import LoopbackCrawl
     from support.llm import FakeLLM
 
-    from facecaption.synthface.formats import write_celeba, write_lfwa
     from facecaption.core import openclip as M
+    from facecaption.synthface.formats import write_celeba, write_lfwa
 
     repo = copy_repo(tmp_path / "repo")
     crawl, llm = LoopbackCrawl(n_images=44), FakeLLM()

@@ -18,13 +18,13 @@ import pytest
 
 from facecaption.attributes import report as attributes_report
 from facecaption.captions import report as captions_report
-from facecaption.core.celeba import ATTRIBUTES
 from facecaption.collect import report as collect_report
+from facecaption.core.celeba import ATTRIBUTES
+from facecaption.core.report import _plain
 from facecaption.faces import accounting
 from facecaption.faces import report as faces_report
 from facecaption.faces.audit import audit as faces_audit
 from facecaption.quality import report as quality_report
-from facecaption.core.report import _plain
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ["00000", "00001", "00002"]

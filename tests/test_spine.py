@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from facecaption import workflow as W
 from facecaption.cli import main
 from facecaption.collect.plan import shard_ids
 from facecaption.core import config as fc_config
-
-from conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 

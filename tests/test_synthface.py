@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from facecaption.core.celeba import ATTRIBUTES
-from facecaption.synthface import (DEGRADATIONS, DRAWABLE, render_aligned, render_face, render_image,
-                                   sample_attributes, sample_identity)
+from facecaption.synthface import (
+    DEGRADATIONS,
+    DRAWABLE,
+    render_aligned,
+    render_face,
+    render_image,
+    sample_attributes,
+    sample_identity,
+)
 
 BEARDS = ("5_o_Clock_Shadow", "Goatee", "Mustache", "Sideburns")
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")

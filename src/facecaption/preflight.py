@@ -15,7 +15,6 @@ import os
 from facecaption.core.config import ConfigError
 from facecaption.core.devices import faces_device, require_cuda_for_train, torch_cuda_problem
 
-
 # ------------------------------------------------------------------------------------------------ Snakemake
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facecaption.core.celeba import ATTRIBUTES
 from facecaption.core.align import align
+from facecaption.core.celeba import ATTRIBUTES
 from facecaption.core.shards import leaves_folder
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facecaption.core.imageio import to_rgb
-
 from facecaption.core.reasons import ImageReason, category  # noqa: F401 (category: the reports' grouping)
 
 # the reasons as plain strings, for f-strings (the prefix before ":" is the category counted in reports)

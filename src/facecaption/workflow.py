@@ -136,10 +136,10 @@ def _split(kind: str) -> dict[str, str]:
 
 
 def _report(name: str, entry: str, deps: dict[str, str], params: tuple[str, ...], help: str,
-            metrics: bool = True, **extra_outs: str) -> Stage:
-    outs = {"report": f"{R}/reports/{name}", **({"metrics": f"{METRICS}/{name}.json"} if metrics else {}), **extra_outs}
+            metrics: bool = True, plots: dict[str, str] | None = None) -> Stage:
+    outs = {"report": f"{R}/reports/{name}", **({"metrics": f"{METRICS}/{name}.json"} if metrics else {}), **(plots or {})}
     return Stage(f"report_{name}", entry=entry, deps=deps, outs=outs, dirs=("report",), params=params,
-                 metrics=("metrics",) if metrics else (), help=help)
+                 metrics=("metrics",) if metrics else (), plots=tuple(plots or ()), help=help)
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -201,7 +201,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                 "split": f"{R}/train/split.json"},
           dirs=("logs", "open_clip"), config_files=_train_files, help="FLIP pre-training (open_clip + Lightning)"),
     _report("train", "facecaption.train.report:run", deps={"logs": f"{R}/train/logs"}, params=(),
-            help="training curves", curve=f"{METRICS}/train_curve.csv"),
+            help="training curves", plots={"curve": f"{METRICS}/train_curve.csv"}),
     # -- evaluation ----------------------------------------------------------------------------------------
     Stage("evaluate", "facecaption.evaluate:run",
           deps={"model": f"{R}/train/flip.pt", "split": f"{R}/train/split.json", **_split("images"),

@@ -99,24 +99,32 @@ def test_artifacts_keep_their_schemas(pipeline):
     assert len(problems) >= 4 * 2 * 3  # collect, faces, attributes, captions, quality ... over 2 shards
 
 
-def test_flip_beats_random_weights(pipeline):
-    """The point of the pipeline: the trained FLIP's held-out retrieval beats the same architecture with random
-    weights, in both directions (the tiny run: R@5 of FLIP well above random's)."""
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """collect → evaluate on tests/config.flip.yaml: a run big enough for FLIP to learn something."""
+    repo = copy_repo(tmp_path_factory.mktemp("flip") / "repo")
+    snakemake(["results/reports/evaluate", "--cores", "2", "--configfile", "tests/config.flip.yaml"], repo)
+    return repo
+
+
+def test_flip_beats_random_weights(learned):
+    """The point of the pipeline, asserted: FLIP's held-out retrieval and its linear probe beat the same
+    architecture with random weights by more than the spread over seeds (the evaluation's own acceptance
+    criterion, which before was computed but checked nowhere), and R@5 by a wide margin in both directions."""
     import json
 
-    m = json.loads((pipeline / "results/metrics/evaluate.json").read_text())
-    retrieval = {k: v for k, v in m.items() if k.startswith("retrieval.") and k.endswith(".mean")}
-    assert retrieval, sorted(m)[:20]
+    m = json.loads((learned / "results/reports/evaluate/metrics.json").read_text())
+    assert m["retrieval_held_out"] and m["acceptance"]["retrieval_beats_random"], m["acceptance"]
+    assert m["acceptance"]["probe_beats_random"], m["acceptance"]
     for direction in ("i2t_r5", "t2i_r5"):
-        flip = next(v for k, v in retrieval.items() if ".FLIP." in k and direction in k)
-        rand = next(v for k, v in retrieval.items() if ".random init." in k and direction in k)
-        assert flip > rand + 5, (direction, flip, rand)
+        flip, rand = m["retrieval"]["FLIP"][direction]["mean"], m["retrieval"]["random init"][direction]["mean"]
+        assert flip > rand + 8, (direction, flip, rand)  # measured: 18.5 vs 5.2, 20.1 vs 3.6
 
 
 def _dry_run(repo, overlay_text, tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(overlay_text)
-    proc = snakemake(["-n", "-r", *TEST_CONFIG, "--configfile", str(overlay)], repo)
+    proc = snakemake(["-n", *TEST_CONFIG, "--configfile", str(overlay)], repo)
     return proc.stdout + proc.stderr
 
 

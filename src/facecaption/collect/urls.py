@@ -66,15 +66,14 @@ from facecaption.collect.opener import ALLOWED_SCHEMES, MARK
 from facecaption.collect.url_inputs import OUTPUT_COLUMNS, count_urls, read_slice
 from facecaption.core.config import StageConfig
 from facecaption.core.optout import OptOut
+from facecaption.core.reasons import CollectStatus
 from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
 SOURCE = "urls"
 #: every status a row of the collect parquet can have
-STATUSES = ("success", "invalid_url", "unsafe_scheme", "opted_out", "http_error", "timeout", "connection_error",
-            "truncated", "too_large", "unsafe_redirect", "disallowed", "decode_error", "too_many_pixels",
-            "too_small", "bad_aspect_ratio", "hash_mismatch", "not_downloaded")
+STATUSES = tuple(s.value for s in CollectStatus)
 #: statuses of rows whose body arrived (the "downloaded" step of the funnel)
 DOWNLOADED = ("success", "decode_error", "too_many_pixels", "too_small", "bad_aspect_ratio")
 

@@ -26,6 +26,50 @@ class ImageReason(Reason):
     TOO_SMALL = "image_too_small"
 
 
+class FaceReason(Reason):
+    """Why a detected face was dropped (faces stage, ``faces/<shard>.records.parquet``, face rows)."""
+
+    LOW_SCORE = "low_score"
+    TOO_SMALL = "too_small"
+    TOO_MANY = "too_many_faces"
+    BLURRY = "blurry"
+    TOO_DARK = "too_dark"
+    ALIGN_FAILED = "align_failed"
+
+
+class ImageOutcome(Reason):
+    """Why an image gave no kept face, besides :class:`ImageReason` (faces stage, image rows, ``face = -1``)."""
+
+    NO_FACE = "no_face"
+    NO_FACE_KEPT = "no_face_kept"
+    DETECT_ERROR = "detect_error"
+    MISSING = "missing_from_tar"
+    DUPLICATE = "duplicate_key"
+    NO_IMAGE = "missing_image"
+
+
+class CollectStatus(Reason):
+    """The status of a row of the collect parquet (real sources; ``success`` = the image is in the shard)."""
+
+    SUCCESS = "success"
+    INVALID_URL = "invalid_url"
+    UNSAFE_SCHEME = "unsafe_scheme"
+    OPTED_OUT = "opted_out"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    TRUNCATED = "truncated"
+    TOO_LARGE = "too_large"
+    UNSAFE_REDIRECT = "unsafe_redirect"
+    DISALLOWED = "disallowed"
+    DECODE_ERROR = "decode_error"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_SMALL = "too_small"
+    BAD_ASPECT_RATIO = "bad_aspect_ratio"
+    HASH_MISMATCH = "hash_mismatch"
+    NOT_DOWNLOADED = "not_downloaded"
+
+
 class TrainSkip(Reason):
     """Why a caption-shard sample was skipped by the training loader (counted in ``logs/train``)."""
 

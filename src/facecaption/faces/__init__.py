@@ -25,6 +25,7 @@ from tqdm import tqdm
 from facecaption.core.align import align, template, transform_points
 from facecaption.core.config import StageConfig
 from facecaption.core.optout import OptOut
+from facecaption.core.reasons import FaceReason, ImageOutcome
 from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet, write_parquet
 from facecaption.core.stage import StageIO
 from facecaption.faces.decode import decode_image
@@ -36,14 +37,11 @@ FACE_COLUMNS = ["key", "image_key", "face", "score", "x0", "y0", "x1", "y1", "la
                 "alt_text", "blur", "brightness", "align_error"]
 RECORD_COLUMNS = ["image_key", "face", "status", "reason", "score", "x0", "y0", "x1", "y1"]
 
-# face-level reasons
-LOW_SCORE, TOO_SMALL, TOO_MANY, BLURRY, TOO_DARK, ALIGN_FAILED = (
-    "low_score", "too_small", "too_many_faces", "blurry", "too_dark", "align_failed")
-# image-level reasons (besides decode reasons)
-NO_FACE, NO_FACE_KEPT, DETECT_ERROR, MISSING = "no_face", "no_face_kept", "detect_error", "missing_from_tar"
-# a key seen before in the shard's tar: the first occurrence wins, later ones are dropped with this reason;
-# a sample with no image member at all (lost to tar damage: reason ``corrupt_tar: ...``, else this one)
-DUPLICATE, NO_IMAGE = "duplicate_key", "missing_image"
+# face-level reasons (facecaption.core.reasons.FaceReason), as the strings written to the parquet
+LOW_SCORE, TOO_SMALL, TOO_MANY, BLURRY, TOO_DARK, ALIGN_FAILED = (r.value for r in FaceReason)
+# image-level reasons besides decode reasons (ImageOutcome); DUPLICATE: a key seen before in the shard's tar (the
+# first occurrence wins); NO_IMAGE: a sample with no image member (lost to tar damage: ``corrupt_tar: ...``)
+NO_FACE, NO_FACE_KEPT, DETECT_ERROR, MISSING, DUPLICATE, NO_IMAGE = (r.value for r in ImageOutcome)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "img")
 
 

@@ -189,16 +189,6 @@ class StageConfig(dict):
         return StageConfig(self.stage, copy.deepcopy(dict(self), memo), self.declared)
 
 
-def get_key(config: dict, dotted: str):
-    """``config["a"]["b"]`` for ``"a.b"``; KeyError when a part is missing."""
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
 def split_keys(config: dict, sections, runtime) -> tuple[dict, dict]:
     """The ``sections`` of ``config`` as (result keys, runtime keys): ``runtime`` (dotted keys, e.g.
     ``faces.batch_size``) are moved from the first dict to the second. The first is a stage's rerun key."""
@@ -224,8 +214,3 @@ def _prune(d: dict) -> dict:
 
 def canonical_json(data: dict) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def section_json(config: dict, *keys: str) -> str:
-    """The named top-level sections as canonical JSON: what a rule passes to its stage."""
-    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True, separators=(",", ":"))

@@ -367,3 +367,56 @@ def test_few_shards_hold_nothing_out_and_the_split_file_says_so(workdir):
     assert "no held-out caption shards" in split.note
     summary = json.loads(Path(OUTS["logs"], "summary.json").read_text())
     assert summary["train_shards"] == 2 and summary["val_shards"] == 0
+
+
+def _text_shard(path: str, n: int = 12) -> None:
+    """Faces with three grammar captions each; even faces also have a released caption, every third an alt-text."""
+    rng = np.random.default_rng(0)
+    with ShardWriter(path) as w:
+        for i in range(n):
+            texts = {"grammar": [f"g{i}-{j}" for j in range(3)], "rewritten": [],
+                     "released": [f"released {i}"] if i % 2 == 0 else [], "alt_text": [f"alt {i}"] if i % 3 == 0 else []}
+            w.write({"__key__": f"00000_{i:05d}_00", "jpg": encode_jpeg(face(rng, COLOURS["red"])), "txt": f"g{i}-0",
+                     "json": {"key": f"00000_{i:05d}_00", "texts": texts}})
+
+
+def _texts_seen(path: str, text: str, passes: int, train: bool = True) -> tuple[dict, np.ndarray]:
+    from facecaption.train.data import CaptionStream
+
+    ds = CaptionStream([path], tokenizer=lambda texts: list(texts), image_size=SIZE, batch_size=1, seed=3,
+                       train=train, shuffle_buffer=1)
+    seen: dict = {}
+    skipped = np.zeros(3, np.int64)
+    it = iter(ds)
+    for _ in range(passes):
+        _, texts, skip, keys = next(it)
+        seen.setdefault(keys[0], []).append(texts[0])
+        skipped += skip.numpy()
+    return seen, skipped
+
+
+def test_train_text_picks_the_field_and_samples_every_caption_per_pass(workdir):
+    """train.text chooses the field; a face's several grammar captions are all used over passes (a seeded
+    choice per pass, the same in a second run); faces without the field are skipped and counted; validation
+    takes the first caption."""
+    path = pair_shards(1)[0]
+    _text_shard(path)
+    seen, _ = _texts_seen(path, "caption", 12 * 12)
+    assert all(len(v) == 12 for v in seen.values())
+    assert sum(len(set(v)) == 3 for v in seen.values()) >= 10  # 12 passes over 3 captions: all three nearly always
+    assert all(t.startswith(f"g{int(k.split('_')[1])}-") for k, v in seen.items() for t in v)
+    again, _ = _texts_seen(path, "caption", 12 * 12)
+    assert again == seen
+    from facecaption.train.data import CaptionStream
+
+    for text, expect in (("released", {i: f"released {i}" for i in range(0, 12, 2)}),
+                         ("alt_text", {i: f"alt {i}" for i in range(0, 12, 3)})):
+        ds = CaptionStream([path], tokenizer=lambda t: list(t), image_size=SIZE, batch_size=1, seed=3, train=False,
+                           text=text)
+        got = {int(keys[0].split("_")[1]): texts[0] for _, texts, _, keys in ds}
+        assert got == expect, text
+    val = CaptionStream([path], tokenizer=lambda t: list(t), image_size=SIZE, batch_size=4, seed=3, train=False)
+    skipped = sum(int(s[0]) for _, _, s, _ in val)
+    assert skipped == 0 and [t for _, texts, _, _ in val for t in texts] == [f"g{i}-0" for i in range(12)]
+    with pytest.raises(ValueError, match="train.text"):
+        CaptionStream([path], tokenizer=None, image_size=SIZE, batch_size=1, seed=3, text="laion")

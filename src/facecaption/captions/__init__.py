@@ -1,11 +1,14 @@
 """Captions: grammar captions from each kept face's attribute labels (+ an optional LLM rewrite), written as
 training shards.
 
-* ``results/captions/<shard>.tar``: ``<fkey>.jpg`` (aligned crop), ``<fkey>.txt`` (the training caption:
-  the LLM rewrite when one came back, else the first grammar caption), ``<fkey>.json``;
+* ``results/captions/<shard>.tar``: ``<fkey>.jpg`` (aligned crop), ``<fkey>.txt`` (the caption: the LLM
+  rewrite when one came back, else the first grammar caption), ``<fkey>.json`` with ``texts``: every text the
+  face has, by field (``grammar``: the ``per_face`` grammar captions; ``rewritten``, ``released``: the
+  FaceCaption-15M release's face caption, ``alt_text``: the image's web alt-text — each a list of zero or one),
+  from which training picks ``train.text``;
 * ``results/captions/<shard>.parquet``: per kept face ``key, image_key, face, caption, captions (list),
-  grammar_caption, rewritten, rewrite_error, alt_text, n_labels, stated (list of "Attr=0|1")`` — plain
-  columns, loadable with ``datasets.load_dataset("parquet", ...)``.
+  grammar_caption, rewritten, rewrite_error, alt_text, released_caption, n_labels, stated (list of
+  "Attr=0|1")`` — plain columns, loadable with ``datasets.load_dataset("parquet", ...)``.
 
 Sampling is seeded per face (``rng.stream(seed, "captions/grammar", key)``): the same face gets the same
 captions whatever the order or the shard it is in.
@@ -88,6 +91,14 @@ def caption_faces(gen, seed: int, keys: list[str], labels: np.ndarray, attrs: li
         yield caps, stated
 
 
+def _text(row: pd.Series, column: str) -> str | None:
+    """A text column of the merged faces row: None when absent, null or blank."""
+    value = row.get(column)
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return str(value) if str(value).strip() else None
+
+
 def run(cfg: StageConfig, io: StageIO) -> int:
     from facecaption.captions.grammar import Generator, Grammar
 
@@ -101,7 +112,7 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     attrs_df = read_parquet(attrs_parquet)
     attrs = label_columns(attrs_df, attrs_parquet)
     faces = read_parquet(faces_parquet)
-    meta_cols = [c for c in ("key", "image_key", "face", "alt_text") if c in faces.columns]
+    meta_cols = [c for c in ("key", "image_key", "face", "alt_text", "released_caption") if c in faces.columns]
     df = attrs_df[attrs_df["kept"].astype(bool)].merge(faces[meta_cols], on="key", how="left")
     dropped = int((~attrs_df["kept"].astype(bool)).sum())
     log.info("captions %s: %d kept faces to caption (%d not kept, see %s: reason)", shard, len(df), dropped,
@@ -139,13 +150,16 @@ def run(cfg: StageConfig, io: StageIO) -> int:
                 "face": int(r["face"]) if "face" in df.columns and pd.notna(r["face"]) else int(key.rsplit("_", 1)[-1]),
                 "caption": caption, "captions": caps, "grammar_caption": caps[0],
                 "rewritten": rewritten[i] is not None, "rewrite_error": errors[i],
-                "alt_text": str(r["alt_text"]) if "alt_text" in df.columns and pd.notna(r["alt_text"]) else None,
+                "alt_text": _text(r, "alt_text"), "released_caption": _text(r, "released_caption"),
                 "n_labels": int(r["n_labels"]),
                 "stated": sorted({f"{a}={v}" for st in stated for a, v in st}),
             }
+            texts = {"grammar": caps, "rewritten": [rewritten[i]] if rewritten[i] else [],
+                     "released": [row["released_caption"]] if row["released_caption"] else [],
+                     "alt_text": [row["alt_text"]] if row["alt_text"] else []}
             writer.write({"__key__": key, "jpg": sample["jpg"], "txt": caption,
-                          "json": {k: row[k] for k in ("key", "image_key", "face", "captions", "grammar_caption",
-                                                       "rewritten", "n_labels")}})
+                          "json": {**{k: row[k] for k in ("key", "image_key", "face", "captions", "grammar_caption",
+                                                          "rewritten", "n_labels")}, "texts": texts}})
             rows.append(row)
     missing = [k for k in keys if k not in seen]
     if missing:
@@ -154,7 +168,8 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     schema = pa.schema([("key", pa.string()), ("image_key", pa.string()), ("face", pa.int32()),
                         ("caption", pa.string()), ("captions", pa.list_(pa.string())),
                         ("grammar_caption", pa.string()), ("rewritten", pa.bool_()), ("rewrite_error", pa.string()),
-                        ("alt_text", pa.string()), ("n_labels", pa.int32()), ("stated", pa.list_(pa.string()))])
+                        ("alt_text", pa.string()), ("released_caption", pa.string()), ("n_labels", pa.int32()),
+                        ("stated", pa.list_(pa.string()))])
     write_parquet(pa.Table.from_pylist(rows, schema=schema), out_parquet)
     n_rw = sum(r["rewritten"] for r in rows)
     log.info("captions %s: %d faces captioned (%d rewritten by the LLM, %d rewrite failures)", shard, len(rows),

@@ -277,7 +277,7 @@ def caption_data(split: Split, tcfg: dict, *, seed: int, image_size: int, tokeni
     return CaptionData(list(split.train), list(split.held_out), tokenizer=tokenizer, image_size=image_size, seed=seed,
                        batch_size=tcfg["batch_size"], augment=tcfg["augment"], shuffle_buffer=tcfg["shuffle_buffer"],
                        resampled=tcfg["resampled"] is True,  # auto: exact passes, each sample once per pass
-                       val_max_samples=tcfg["val_max_samples"], num_workers=num_workers)
+                       val_max_samples=tcfg["val_max_samples"], num_workers=num_workers, text=tcfg["text"])
 
 
 def planned_steps(tcfg: dict, train_shards: list[str], hw: dict) -> int:

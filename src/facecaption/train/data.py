@@ -12,7 +12,13 @@ stream, per process (rank) and data-loader worker:
 * **shuffled with a seed**: a per-reader shuffle buffer driven by ``facecaption.core.rng.stream``;
 * **the paper's augmentation**: bicubic resize, horizontal flip, RandAugment, each sample's randomness keyed by
   (seed, pass, sample key), never by order, so a resumed stream produces identical tensors;
-* **bad input is skipped and counted** (``missing_caption``, ``empty_text``, ``bad_image``), never fatal;
+* **the text field** ``train.text`` (:data:`TEXTS`): ``caption`` (the LLM rewrite when there is one, else the
+  grammar captions), ``grammar``, ``rewritten``, ``released`` (the FaceCaption-15M release's face caption) or
+  ``alt_text`` (the image's web alt-text), read from each sample's json (``texts``); when a face has several
+  texts in the field (the grammar writes ``captions.per_face`` of them), each pass picks one with a choice keyed
+  by (seed, pass, sample key); validation always takes the first;
+* **bad input is skipped and counted** (``missing_caption``: no text in the chosen field, ``empty_text``,
+  ``bad_image``), never fatal;
 * **resumable**: the stream is infinite and batches leave the workers round-robin (PyTorch's in-order
   ``DataLoader``), so global batch ``i`` is batch ``i // W`` of worker ``i % W``; a run resumed after ``n``
   optimiser steps makes every worker skip exactly the batches it had delivered, without augmenting them.
@@ -24,6 +30,7 @@ a finite, unshuffled, unaugmented validation stream.
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -59,14 +66,41 @@ def eval_transform(image_size: int):
                       T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def _decode(sample: dict) -> tuple[str | None, str | None, Image.Image | None]:
-    """(skip reason or None, caption, image)."""
-    if "txt" not in sample:
+TEXTS = ("caption", "grammar", "rewritten", "released", "alt_text")
+
+
+def candidate_texts(sample: dict, text: str) -> list[str] | None:
+    """The texts of field ``text`` for a caption-shard sample (None: the sample has none to offer).
+
+    The json's ``texts`` holds every field (``grammar``: the grammar captions; ``rewritten``, ``released``,
+    ``alt_text``: zero or one text); ``caption`` is what the shard's ``.txt`` holds, with every grammar caption
+    as candidates when no rewrite came back. A shard without ``texts`` (written before train.text existed) offers
+    its ``.txt`` as ``caption``."""
+    meta: dict = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    texts = meta.get("texts") if isinstance(meta, dict) else None
+    if not isinstance(texts, dict):
+        if text != "caption" or "txt" not in sample:
+            return None
+        try:
+            return [sample["txt"].decode("utf-8")]
+        except UnicodeDecodeError:
+            return [""]
+    if text == "caption":
+        return list(texts.get("rewritten") or texts.get("grammar") or [])
+    return list(texts.get(text) or [])
+
+
+def _decode(sample: dict, text: str = "caption", pick: int | None = 0) -> tuple[str | None, str | None, Image.Image | None]:
+    """(skip reason or None, caption, image); ``pick``: which candidate text (taken modulo their number)."""
+    texts = candidate_texts(sample, text)
+    if not texts:
         return "missing_caption", None, None
-    try:
-        caption = sample["txt"].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return "empty_text", None, None
+    caption = str(texts[(pick or 0) % len(texts)]).strip()
     if not caption:
         return "empty_text", None, None
     data = sample.get("jpg") or sample.get("jpeg") or sample.get("png")
@@ -85,8 +119,11 @@ class CaptionStream(IterableDataset):
 
     def __init__(self, shards: list[str], *, tokenizer, image_size: int, batch_size: int, seed: int,
                  train: bool = True, augment: dict | None = None, shuffle_buffer: int = 500,
-                 resampled: bool = False, max_samples: int | None = None):
+                 resampled: bool = False, max_samples: int | None = None, text: str = "caption"):
+        if text not in TEXTS:
+            raise ValueError(f"train.text: {text!r} is not one of {', '.join(TEXTS)}")
         self.shards = list(shards)
+        self.text = text
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.batch_size = batch_size
@@ -161,7 +198,8 @@ class CaptionStream(IterableDataset):
         for p, sample in self._shuffled(self._raw(gid, total), gid):
             if self.max_samples is not None and seen >= math.ceil(self.max_samples / total):
                 break
-            reason, caption, image = _decode(sample)
+            pick = 0 if not self.train else int(fcrng.stream(self.seed, "train-text", p, sample["__key__"]).integers(2**31))
+            reason, caption, image = _decode(sample, self.text, pick)
             if reason is not None:
                 skipped[SKIP_REASONS.index(reason)] += 1
                 continue
@@ -190,11 +228,11 @@ class CaptionStream(IterableDataset):
 class CaptionData(L.LightningDataModule):
     """The training stream over ``train_shards`` and the validation stream over ``val_shards`` (the held-out
     shards of :func:`facecaption.core.split.make`). The other arguments are the ``train.*`` keys of the same
-    names (``resampled``: ``train.resampled is True``)."""
+    names (``resampled``: ``train.resampled is True``; ``text``: the caption field, :data:`TEXTS`)."""
 
     def __init__(self, train_shards: list[str], val_shards: list[str], *, tokenizer, image_size: int, seed: int,
                  batch_size: int, augment: dict | None = None, shuffle_buffer: int = 500, resampled: bool = False,
-                 val_max_samples: int | None = None, num_workers: int = 1):
+                 val_max_samples: int | None = None, num_workers: int = 1, text: str = "caption"):
         super().__init__()
         # the shard lists (thousands of paths at scale) and the tokenizer (an object) are not hyperparameters
         self.save_hyperparameters(ignore=["train_shards", "val_shards", "tokenizer"])
@@ -211,7 +249,7 @@ class CaptionData(L.LightningDataModule):
         rank, world = self._world()
         ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=h.image_size,
                            batch_size=h.batch_size, seed=h.seed, train=True, augment=h.augment,
-                           shuffle_buffer=h.shuffle_buffer, resampled=bool(h.resampled))
+                           shuffle_buffer=h.shuffle_buffer, resampled=bool(h.resampled), text=h.text)
         ds.rank, ds.world = rank, world
         ds.start_batches = self.trainer.global_step if getattr(self, "trainer", None) is not None else 0
         nw = self.num_workers
@@ -224,6 +262,7 @@ class CaptionData(L.LightningDataModule):
         h = self.hparams
         rank, world = self._world()
         ds = CaptionStream(self.val_shards, tokenizer=self.tokenizer, image_size=h.image_size,
-                           batch_size=h.batch_size, seed=h.seed, train=False, max_samples=h.val_max_samples)
+                           batch_size=h.batch_size, seed=h.seed, train=False, max_samples=h.val_max_samples,
+                           text=h.text)
         ds.rank, ds.world = rank, world
         return DataLoader(ds, batch_size=None, num_workers=0)

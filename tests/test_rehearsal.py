@@ -101,7 +101,7 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     crawl, llm = LoopbackCrawl(n_images=44), FakeLLM()
     try:
-        crawl.write_parquet(repo / "data" / "laion-face")
+        expected = crawl.write_laion(repo / "data" / "laion400m-meta", repo / "data" / "laion_face_ids.pth")
         write_celeba(repo / "data" / "celeba", n_identities=60, images_per_identity=4, seed=1)
         write_lfwa(repo / "data" / "lfwa", n_identities=24, images_per_identity=3, seed=2)
         model, _ = M.create("ViT-B-16", seed=3)  # stands in for OpenAI's weights: a local open_clip state dict
@@ -110,6 +110,11 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
         del model
         (repo / "endpoint.yaml").write_text(yaml.safe_dump(endpoint(llm.url)))
         config = ["--configfile", PAPER, REHEARSAL, "endpoint.yaml"]
+        # stage 0: FaRL's IDs joined with the LAION-400M metadata parts into the URL lists (its own workflow)
+        snakemake(["-s", "rules/laion_face.smk", "--cores", "1", "--configfile", "config.yaml", PAPER], repo)
+        joined = json.loads((repo / "data" / "laion-face.summary.json").read_text())
+        assert (joined["ids_matched"], joined["ids_unmatched"], joined["metadata_rows_not_listed"]) == \
+            (expected["matched"], expected["unmatched"], expected["not_listed"]), joined
         plan = snakemake(["-n", *config], repo)  # every input checked, a plan before any compute
         assert "train" in plan.stdout
         snakemake(["--cores", "2", *config], repo, timeout=2400)

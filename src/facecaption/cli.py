@@ -24,7 +24,8 @@ import sys
 from facecaption import workflow as W
 from facecaption.core import config as cfgmod
 
-TOOLS: dict[str, str] = {"dvc-yaml": "facecaption.dvcyaml:run", "metrics-check": "facecaption.dvcyaml:run_metrics_check"}
+TOOLS: dict[str, str] = {"dvc-yaml": "facecaption.dvcyaml:run", "metrics-check": "facecaption.dvcyaml:run_metrics_check",
+                         "laion-face-urls": "facecaption.collect.laion_ids:run"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, default=None, metavar="N")
     p.add_argument("--check", action="store_true", help="(dvc-yaml) fail if dvc.yaml is out of date")
     p.add_argument("--against", default="HEAD", help="(metrics-check) the git revision to compare with")
+    p.add_argument("--ids", default=None, metavar="FILE", help="(laion-face-urls) the LAION-Face ID list; overrides laion_ids.ids")
+    p.add_argument("--metadata", action="append", default=None, metavar="PATH",
+                   help="(laion-face-urls) LAION-400M metadata parts: file, folder or glob, repeatable; overrides laion_ids.metadata")
+    p.add_argument("--out", default=None, metavar="DIR", help="(laion-face-urls) folder of the URL parts; overrides laion_ids.out")
     return p
 
 

@@ -70,17 +70,29 @@ class LoopbackCrawl:
         return sum(1 for url, _ in self.rows if url.split("127.0.0.1:", 1)[1].split("/", 1)[1] not in
                    {p.lstrip("/") for p in self.files})
 
-    def write_parquet(self, folder: Path, parts: int = 2) -> list[Path]:
-        """The URL list as ``parts`` parquet files (LAION's ``URL`` and ``TEXT`` columns)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        df = pd.DataFrame(self.rows, columns=["URL", "TEXT"])
-        out = []
+    def write_laion(self, meta_folder: Path, ids_file: Path, parts: int = 2, others: int = 30) -> dict:
+        """What LAION-Face really ships: LAION-400M metadata parts (``SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE,
+        NSFW, similarity``) holding this crawl's rows among ``others`` rows that are not faces, and FaRL's ID list
+        (a torch-saved list of per-part ID lists) naming the crawl's rows plus two IDs no part holds. Returns the
+        counts the join must report."""
+        import torch
+
+        meta_folder = Path(meta_folder)
+        meta_folder.mkdir(parents=True, exist_ok=True)
+        rows = [(1000 + 7 * i, url, text) for i, (url, text) in enumerate(self.rows)]
+        rows += [(500_000 + i, f"http://127.0.0.1:9/not-a-face-{i}.jpg", "a landscape") for i in range(others)]
+        id_lists = []
         for k in range(parts):
-            p = folder / f"part-{k:05d}.parquet"
-            df.iloc[k::parts].reset_index(drop=True).to_parquet(p, index=False)
-            out.append(p)
-        return out
+            part = rows[k::parts]
+            pd.DataFrame({"SAMPLE_ID": [r[0] for r in part], "URL": [r[1] for r in part], "TEXT": [r[2] for r in part],
+                          "HEIGHT": 256, "WIDTH": 256, "LICENSE": "?", "NSFW": "UNLIKELY", "similarity": 0.31}
+                         ).to_parquet(meta_folder / f"part-{k:05d}-5b54c5d5-bbcf-484d-a2ce-0d6f73df1a36-c000.snappy.parquet",
+                                      index=False)
+            id_lists.append([r[0] for r in part if r[0] < 500_000])
+        id_lists[0] += [999_999_001, 999_999_002]  # IDs whose metadata row the user does not have
+        Path(ids_file).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(id_lists, ids_file)
+        return {"matched": len(self.rows), "unmatched": 2, "not_listed": others}
 
     def close(self) -> None:
         self.server.shutdown()

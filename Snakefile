@@ -15,6 +15,7 @@ include: "rules/attributes.smk"
 include: "rules/captions.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/ablation.smk"
 include: "rules/quality.smk"
 include: "rules/paper.smk"
 

@@ -3,7 +3,7 @@
 * ``facecaption.core`` imports nothing else of facecaption;
 * ``facecaption.synthface`` (the renderer and its ground truth, a library) imports only the core;
 * a stage (``collect``, ``labeled``, ``faces``, ``attributes``, ``captions``, ``train``, ``evaluate``,
-  ``quality``, and the ``cost`` and ``paper`` modules) imports only the core, synthface and itself;
+  ``quality``, and the ``cost``, ``ablation`` and ``paper`` modules) imports only the core, synthface and itself;
 * the stage registry (``facecaption.workflow``) imports only the core, so building the DAG imports no stage;
 * only the orchestration (``cli``, ``dvcyaml``, ``preflight``) imports the registry and the stages.
 
@@ -19,7 +19,7 @@ import pytest
 from facecaption.dvcyaml import imports_of as _imports_of
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "facecaption"
-STAGES = {"collect", "labeled", "faces", "attributes", "captions", "train", "evaluate", "quality", "cost", "paper"}
+STAGES = {"collect", "labeled", "faces", "attributes", "captions", "train", "evaluate", "quality", "cost", "ablation", "paper"}
 LIBRARIES = {"core", "synthface"}
 ORCHESTRATION = {"cli", "dvcyaml", "preflight", "__main__", ""}  # "": the package itself
 

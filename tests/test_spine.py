@@ -104,7 +104,13 @@ def test_registry_outputs_are_unique_and_rules_exist():
             for o in W.stage_outputs(name, sh).values()]
     assert len(outs) == len(set(outs))
     rules_text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    arm_rules = (ROOT / "rules" / "ablation.smk").read_text()
     for name in W.needed_stages(cfg, shards):
+        kind, _, arm = name.partition("_")
+        if kind in ("train", "evaluate") and arm in W.ARMS:  # one rule per arm, made in a loop over the arms
+            assert f'name:\n            f"{kind}_{{_arm}}"' in arm_rules
+            assert f'unpack(inputs(f"{kind}_{{_arm}}"))' in arm_rules and f'**outputs(f"{kind}_{{_arm}}")' in arm_rules
+            continue
         assert f"rule {name}:" in rules_text
         assert f'unpack(inputs("{name}"))' in rules_text or not W.STAGES[name].deps
         assert f'**outputs("{name}")' in rules_text
@@ -212,3 +218,28 @@ def test_a_killed_writers_temporary_file_is_cleaned_on_rewrite(tmp_path):
         w.write({"__key__": "a", "txt": "x"})
     assert out.exists() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]
+
+
+# -- the caption ablation --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay, separate", [
+    ({}, ["alt_text"]),  # the main FLIP (caption = grammar without an LLM) is the grammar arm
+    ({"captions": {"llm": {"enabled": True}}}, ["alt_text", "grammar"]),  # the main one is grammar + rewrite
+    ({"train": {"text": "alt_text"}}, ["grammar"]),
+    ({"ablation": {"texts": ["grammar", "rewritten"]}}, ["rewritten"]),
+    ({"source": "release"}, ["alt_text", "released"]),
+])
+def test_ablation_trains_one_flip_per_arm_apart_from_the_main_one(overlay, separate):
+    cfg = fc_config.validate({**overlay, "paper": {"sections": ["evaluate", "ablation"]}})
+    shards = ["00000", "00001"]
+    needed = W.needed_stages(cfg, shards)
+    assert [a for a in W.ARMS if f"train_{a}" in needed] == sorted(separate, key=W.ARMS.index)
+    assert [a for a in W.ARMS if f"evaluate_{a}" in needed] == sorted(separate, key=W.ARMS.index)
+    assert "report_ablation" in needed and "train" in needed
+    for arm in separate:
+        assert W.stage_config(f"train_{arm}", cfg)["train"]["text"] == arm
+        key = W.rerun_config(f"train_{arm}", cfg)[0]
+        assert key["train"]["text"] == arm and key["seed"] == cfg["seed"]  # its own rerun key: the arm's text
+        ev = W.stage_config(f"evaluate_{arm}", cfg)["evaluate"]
+        assert ev["random_baseline"] is False and ev["baselines"] == [] and ev["checkpoint"] is None
+        assert W.stage_inputs(f"evaluate_{arm}", cfg, shards)["model"] == f"results/ablation/{arm}/flip.pt"
+    assert W.stage_config("train", cfg)["train"]["text"] == cfg["train"]["text"]  # the main FLIP is left alone

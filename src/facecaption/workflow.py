@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facecaption.core.arms import ARMS, separate_arms
 from facecaption.core.config import StageConfig, split_keys
 from facecaption.core.stage import StageIO
 
@@ -27,7 +28,7 @@ R = "results"
 METRICS = f"{R}/metrics"  # DVC metrics and plots: small, git-tracked (cache: false)
 
 LABELED_SPLITS = ("train", "val", "test")
-SHARD_KEYS = ("source", "synthface", "urls", "folder")  # the config sections that decide the shard ids
+SHARD_KEYS = ("source", "synthface", "urls", "folder", "release")  # the config sections that decide the shard ids
 
 # Keys that never change a stage's outputs: not in any rerun key (Snakemake params, dvc.yaml params).
 RUNTIME = (
@@ -57,6 +58,7 @@ class Stage:
     metrics: tuple[str, ...] = field(default=())  # output names that are DVC metrics (JSON, git-tracked)
     plots: tuple[str, ...] = field(default=())  # output names that are DVC plots (CSV, git-tracked)
     config_files: Callable[[dict], dict[str, list[str]]] | None = None  # files named in config: inputs
+    override: dict = field(default_factory=dict)  # config merged over the run's (an ablation arm's train.text)
     help: str = ""
 
     @property
@@ -86,10 +88,11 @@ def _optout_files(cfg: dict) -> dict[str, list[str]]:
 
 
 def _collect_files(cfg: dict) -> dict[str, list[str]]:
-    """Opt-out lists, the folder source's CSV, and the URL lists given as files (a folder or glob of lists is
-    resolved when the shards are planned; its files are not inputs: a changed list there needs --forcerun)."""
+    """Opt-out lists, the folder source's CSV, and the URL lists (or released parquets) given as files (a folder or
+    glob of lists is resolved when the shards are planned; its files are not inputs: a changed list there needs
+    --forcerun)."""
     folder, urls = cfg.get("folder") or {}, cfg.get("urls") or {}
-    lists = urls.get("input") if cfg.get("source") == "urls" else None
+    lists = {"urls": urls.get("input"), "release": (cfg.get("release") or {}).get("input")}.get(cfg.get("source"))
     lists = [lists] if isinstance(lists, str) else list(lists or [])
     lists = [s for s in lists if not any(ch in str(s) for ch in "*?[") and not str(s).endswith("/")
              and "." in Path(str(s)).name]
@@ -130,6 +133,33 @@ def _labeled_files(cfg: dict) -> dict[str, list[str]]:
     return _files(("celeba_lists", [f"{root}/{n}" for n in names]))
 
 
+# -- the caption ablation -------------------------------------------------------------------------------------
+ABL = f"{R}/ablation"
+ARM_LIST = "{arms}"  # in a path template: one path per ablation arm trained apart from the main FLIP
+
+
+def _arm_stages(arm: str) -> list[Stage]:
+    """``train_<arm>`` and ``evaluate_<arm>``: the train and evaluate stages with ``train.text`` set to the arm,
+    into ``results/ablation/<arm>/``; evaluation without the baselines (the main evaluation has them)."""
+    d = f"{ABL}/{arm}"
+    text = {"train": {"text": arm}}
+    return [
+        Stage(f"train_{arm}", "facecaption.train:run", deps={"pairs": f"{R}/captions/{ALL}.tar"},
+              params=("seed", "train", "align"),
+              outs={"model": f"{d}/flip.pt", "logs": f"{d}/logs", "open_clip": f"{d}/open_clip", "split": f"{d}/split.json"},
+              dirs=("logs", "open_clip"), config_files=_train_files, override=text,
+              help=f"ablation: FLIP trained on train.text = {arm}"),
+        Stage(f"evaluate_{arm}", "facecaption.evaluate:run",
+              deps={"model": f"{d}/flip.pt", "split": f"{d}/split.json", **_split("images"), **_split("labels"),
+                    "pairs": f"{R}/captions/{ALL}.tar"},
+              params=("seed", "train", "align", "evaluate"),
+              outs={"report": f"{d}/evaluate", "metrics": f"{d}/evaluate.json"}, dirs=("report",),
+              config_files=_evaluate_files,
+              override={**text, "evaluate": {"random_baseline": False, "baselines": [], "checkpoint": None}},
+              help=f"ablation: the train.text = {arm} FLIP, evaluated as the main one (no baselines)"),
+    ]
+
+
 # -- the stages ------------------------------------------------------------------------------------------------
 def _split(kind: str) -> dict[str, str]:
     return {f"{s}_{kind}": f"{R}/labeled/{s}.{'tar' if kind == 'images' else 'parquet'}" for s in LABELED_SPLITS}
@@ -145,7 +175,7 @@ def _report(name: str, entry: str, deps: dict[str, str], params: tuple[str, ...]
 STAGES: dict[str, Stage] = {s.name: s for s in [
     # -- source -------------------------------------------------------------------------------------------
     Stage("collect", "facecaption.collect:run", deps={}, per_shard=True,
-          params=("seed", "source", "synthface", "urls", "folder", "optout"),
+          params=("seed", "source", "synthface", "urls", "folder", "release", "optout"),
           outs={"images": f"{R}/collect/{SHARD}.tar", "records": f"{R}/collect/{SHARD}.parquet",
                 "truth": f"{R}/collect/{SHARD}.truth.parquet"},
           config_files=_collect_files, help="make or fetch source images into shards"),
@@ -157,7 +187,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                   "images": f"{R}/collect/{ALL}.tar"},
             params=(), help="corpus statistics, attribute frequencies, example grid"),
     # -- faces ---------------------------------------------------------------------------------------------
-    Stage("faces", "facecaption.faces:run", per_shard=True, params=("faces", "align", "optout"),
+    Stage("faces", "facecaption.faces:run", per_shard=True, params=("faces", "align", "optout", "release"),
           deps={"images": f"{R}/collect/{SHARD}.tar", "records": f"{R}/collect/{SHARD}.parquet"},
           outs={"crops": f"{R}/faces/{SHARD}.tar", "faces": f"{R}/faces/{SHARD}.parquet",
                 "records": f"{R}/faces/{SHARD}.records.parquet"},
@@ -168,7 +198,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                   # the record accounting (facecaption.faces.accounting) follows records to the captions
                   "attributes": f"{R}/attributes/{ALL}.parquet", "captions": f"{R}/captions/{ALL}.parquet",
                   "crops": f"{R}/faces/{ALL}.tar"},  # the grid of aligned examples
-            params=("faces",), help="face funnel, record accounting, detection audit"),
+            params=("faces", "align"), help="face funnel, record accounting, detection audit, release manifest"),
     # -- attributes ----------------------------------------------------------------------------------------
     Stage("attributes_train", "facecaption.attributes:run_train", deps={**_split("images"), **_split("labels")},
           params=("seed", "attributes"), outs={"model": f"{R}/attributes/model.pt", "card": f"{R}/attributes/model.json"},
@@ -228,6 +258,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                   "crops": f"{R}/faces/{ALL}.tar", "pairs": f"{R}/captions/{ALL}.tar"},
             params=("cost",), metrics=False,
             help="CPU/GPU-hours, storage and wall time projected for the real run"),
+    # -- the caption ablation: one FLIP per text field, the same recipe and evaluation ----------------------
+    *[st for arm in ARMS for st in _arm_stages(arm)],
+    _report("ablation", "facecaption.ablation:run",
+            deps={"main_metrics": f"{METRICS}/evaluate.json", "main_logs": f"{R}/train/logs",
+                  "arm_metrics": f"{ABL}/{ARM_LIST}/evaluate.json", "arm_logs": f"{ABL}/{ARM_LIST}/logs"},
+            params=("ablation", "train", "captions", "source"),
+            help="the caption ablation: FLIP trained on each text field, evaluated the same way"),
     # -- paper ---------------------------------------------------------------------------------------------
     Stage("paper", "facecaption.paper:run", params=("paper", "source"),
           deps={"typst": "paper/paper.typ", "lib": "paper/lib.typ", "sections": "paper/sections",
@@ -245,6 +282,8 @@ def expand(template: str, cfg: dict | None, shards: list[str], shard: str | None
         return [template.replace(ALL, s) for s in shards]
     if "{sections}" in template:
         return [template.replace("{sections}", s) for s in cfg["paper"]["sections"]]
+    if ARM_LIST in template:
+        return [template.replace(ARM_LIST, a) for a in separate_arms(cfg)]
     if SHARD in template and shard is not None:
         return template.replace(SHARD, shard)
     return template
@@ -253,6 +292,7 @@ def expand(template: str, cfg: dict | None, shards: list[str], shard: str | None
 def stage_inputs(name: str, cfg: dict, shards: list[str], shard: str | None = None) -> dict[str, str | list[str]]:
     """Named inputs: the registry's, then the files named in config."""
     st = STAGES[name]
+    cfg = with_override(name, cfg)
     out = {k: expand(t, cfg, shards, shard) for k, t in st.deps.items()}
     if st.config_files is not None:
         out.update(st.config_files(cfg))
@@ -275,14 +315,25 @@ def stage_io(name: str, cfg: dict, shards: list[str], shard: str | None = None) 
 
 
 # -- config ------------------------------------------------------------------------------------------------------
+def with_override(name: str, cfg: dict) -> dict:
+    """The run's config with the stage's ``override`` merged over it (an ablation arm's ``train.text``)."""
+    over = STAGES[name].override
+    if not over:
+        return cfg
+    out = dict(cfg)
+    for section, values in over.items():
+        out[section] = {**(cfg.get(section) or {}), **values} if isinstance(values, dict) else values
+    return out
+
+
 def stage_config(name: str, cfg: dict) -> StageConfig:
     """The stage's view of the config: the declared sections; reading another one raises."""
-    return StageConfig(name, cfg, STAGES[name].config_keys)
+    return StageConfig(name, with_override(name, cfg), STAGES[name].config_keys)
 
 
 def rerun_config(name: str, cfg: dict) -> tuple[dict, dict]:
     """(result keys, runtime keys) of the sections the stage declares: the first is its rerun key."""
-    return split_keys(cfg, STAGES[name].config_keys, RUNTIME)
+    return split_keys(with_override(name, cfg), STAGES[name].config_keys, RUNTIME)
 
 
 # -- the DAG ----------------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 ``00000``..``N-1``; every per-shard stage uses the same ids).
 
 Each source module (:mod:`~facecaption.collect.synthface`, :mod:`~facecaption.collect.urls`,
-:mod:`~facecaption.collect.folder`) offers ``plan(cfg) -> int``; this module picks the configured source's, with
-a lazy import. Light: planning imports no downloader (img2dataset) and changes no environment variable, so
-building the DAG stays cheap; Snakemake plans once per run and passes the count to the jobs (``--num-shards``).
+:mod:`~facecaption.collect.folder`, :mod:`~facecaption.collect.release`) offers ``plan(cfg) -> int``; this
+module picks the configured source's, with a lazy import. Light: planning imports no downloader (img2dataset)
+and changes no environment variable, so building the DAG stays cheap; Snakemake plans once per run and passes
+the count to the jobs (``--num-shards``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from types import ModuleType
 
 #: ``source`` value -> the module that plans and collects its shards
 SOURCES = {"synthface": "facecaption.collect.synthface", "urls": "facecaption.collect.urls",
-           "folder": "facecaption.collect.folder"}
+           "folder": "facecaption.collect.folder", "release": "facecaption.collect.release"}
 
 
 def source_module(cfg: dict) -> ModuleType:

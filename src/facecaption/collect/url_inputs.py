@@ -24,32 +24,33 @@ OUTPUT_COLUMNS = ("key", "url", "width", "height", "source", "caption", "status"
 _FORMATS = (".parquet", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
 
 
-def _fmt(path: Path) -> str | None:
+def file_format(path: Path) -> str | None:
     name = path.name.lower()
     return next((f for f in _FORMATS if name.endswith(f)), None)
 
 
-def input_files(ucfg: dict) -> list[Path]:
-    """The input files in reading order; a missing one stops with one line naming the key and the path."""
+def input_files(ucfg: dict, section: str = "urls") -> list[Path]:
+    """The input files in reading order; a missing one stops with one line naming the key and the path.
+    ``section``: the config section the ``input`` key belongs to (``urls``, ``release``), for the messages."""
     spec = ucfg.get("input")
     specs = [spec] if isinstance(spec, str) else list(spec or [])
     if not specs or specs == [""]:
-        raise SourceError("config error: urls.input: not set; give the URL list (.parquet/.csv/.tsv) to download")
+        raise SourceError(f"config error: {section}.input: not set; give the URL list (.parquet/.csv/.tsv) to download")
     files: list[Path] = []
     for i, s in enumerate(specs):
-        key = "urls.input" if isinstance(spec, str) else f"urls.input[{i}]"
+        key = f"{section}.input" if isinstance(spec, str) else f"{section}.input[{i}]"
         s = str(Path(str(s)).expanduser())
         if any(ch in s for ch in "*?["):
-            found = sorted(Path(p) for p in glob.glob(s, recursive=True) if _fmt(Path(p)))
+            found = sorted(Path(p) for p in glob.glob(s, recursive=True) if file_format(Path(p)))
             if not found:
                 raise SourceError(f"config error: {key}: {s} matches no .parquet/.csv/.tsv file")
         else:
             p = require_path(s, key)
             if p.is_dir():
-                found = sorted(q for q in p.rglob("*") if q.is_file() and _fmt(q))
+                found = sorted(q for q in p.rglob("*") if q.is_file() and file_format(q))
                 if not found:
                     raise SourceError(f"config error: {key}: {p} holds no .parquet/.csv/.tsv file")
-            elif _fmt(p) is None:
+            elif file_format(p) is None:
                 raise SourceError(f"config error: {key}: {p} is not a .parquet, .csv or .tsv file")
             else:
                 found = [p]
@@ -57,7 +58,7 @@ def input_files(ucfg: dict) -> list[Path]:
     return files
 
 
-def _csv_reader(path: Path, columns: list[str] | None = None):
+def csv_reader(path: Path, columns: list[str] | None = None):
     delim = "\t" if ".tsv" in path.name.lower() else ","
     parse = pacsv.ParseOptions(delimiter=delim, newlines_in_values=True)
     head = pacsv.open_csv(path, parse_options=parse)
@@ -68,10 +69,10 @@ def _csv_reader(path: Path, columns: list[str] | None = None):
     return pacsv.open_csv(path, parse_options=parse, convert_options=conv), names
 
 
-def _count(path: Path, cache_dir: str | None = None) -> int:
+def count_rows(path: Path, cache_dir: str | None = None) -> int:
     """Rows of one input file: parquet metadata, or one streaming pass over a CSV (remembered in
     ``<work_dir>/_counts/`` keyed by path, size and mtime, so each shard does not pass over it again)."""
-    if _fmt(path) == ".parquet":
+    if file_format(path) == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
     st = path.stat()
     memo = None
@@ -83,7 +84,7 @@ def _count(path: Path, cache_dir: str | None = None) -> int:
                 return int(memo.read_text())
             except ValueError:
                 pass
-    reader, _ = _csv_reader(path, columns=names_first(path)[:1])
+    reader, _ = csv_reader(path, columns=names_first(path)[:1])
     n = sum(batch.num_rows for batch in reader)
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
@@ -94,22 +95,22 @@ def _count(path: Path, cache_dir: str | None = None) -> int:
 
 
 def names_first(path: Path) -> list[str]:
-    if _fmt(path) == ".parquet":
+    if file_format(path) == ".parquet":
         return pq.ParquetFile(path).schema_arrow.names
-    reader, names = _csv_reader(path, columns=[])
+    reader, names = csv_reader(path, columns=[])
     reader.close()
     return names
 
 
 def count_urls(ucfg: dict) -> int:
     """Number of input rows (all files): parquet metadata, or one streaming pass over a CSV."""
-    return sum(_count(p, ucfg.get("work_dir")) for p in input_files(ucfg))
+    return sum(count_rows(p, ucfg.get("work_dir")) for p in input_files(ucfg))
 
 
 def _read_rows(path: Path, lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
     """Rows [lo, hi) of one file (only the row groups / blocks needed)."""
     parts, start = [], 0
-    if _fmt(path) == ".parquet":
+    if file_format(path) == ".parquet":
         pf = pq.ParquetFile(path)
         for rg in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(rg).num_rows
@@ -120,7 +121,7 @@ def _read_rows(path: Path, lo: int, hi: int, columns: list[str]) -> pd.DataFrame
             if start >= hi:
                 break
     else:
-        reader, _ = _csv_reader(path, columns=columns)
+        reader, _ = csv_reader(path, columns=columns)
         for batch in reader:
             n = batch.num_rows
             if start < hi and start + n > lo:
@@ -137,7 +138,7 @@ def read_slice(ucfg: dict, lo: int, hi: int) -> tuple[pd.DataFrame, list[str]]:
     frames, offset, kept_out = [], 0, []
     url_col, cap_col, keep = ucfg["url_column"], ucfg.get("caption_column"), ucfg["keep_columns"]
     for path in input_files(ucfg):
-        n = _count(path, ucfg.get("work_dir"))
+        n = count_rows(path, ucfg.get("work_dir"))
         if offset < hi and offset + n > lo:
             names = names_first(path)
             if url_col not in names:

@@ -166,16 +166,27 @@ def _chunk_results(i2d: Path, chunk: int) -> tuple[pd.DataFrame, dict[str, bytes
 def collect_shard(cfg: StageConfig, io: StageIO) -> None:
     """Download shard ``io.shard``'s rows and write the outputs ``images`` (tar), ``records`` and ``truth``
     (empty: a crawl has no ground truth)."""
-    from facecaption.collect import download  # noqa: PLC0415 (img2dataset's environment: only when downloading)
-    from facecaption.core.shards import ShardWriter, write_parquet  # noqa: PLC0415
-
     ucfg, shard = cfg["urls"], io.shard
-    tar_path, parquet_path, truth_path = io.outputs["images"], io.outputs["records"], io.outputs["truth"]
     optout = OptOut.from_config(cfg["optout"])
     per = ucfg["per_shard"]
     lo = int(shard) * per
     df, kept = read_slice(ucfg, lo, lo + per)
     df["row_in_shard"] = df["row"] - lo
+    fetch_and_pack(df, kept, ucfg, optout, io, SOURCE)
+
+
+def fetch_and_pack(df: pd.DataFrame, kept: list[str], ucfg: dict, optout: OptOut, io: StageIO, source: str) -> None:
+    """Download one shard's rows and write the outputs ``images`` (tar), ``records`` and ``truth`` (empty).
+
+    ``df``: one row per image to fetch, with ``row`` (a number unique in the run, img2dataset's id),
+    ``row_in_shard`` (0.. in order: the key ``<shard>_<row_in_shard>`` and the chunk), ``url``, ``caption`` and
+    the ``kept`` columns (copied into the parquet and each sample's json). ``ucfg``: the ``urls`` settings of
+    the download (chunk, threads, limits, work_dir). Shared by the URL and release sources."""
+    from facecaption.collect import download  # noqa: PLC0415 (img2dataset's environment: only when downloading)
+    from facecaption.core.shards import ShardWriter, write_parquet  # noqa: PLC0415
+
+    shard = io.shard
+    tar_path, parquet_path, truth_path = io.outputs["images"], io.outputs["records"], io.outputs["truth"]
     checks = [precheck(u, optout) for u in df["url"].tolist()]
     df["status"] = [c[0] for c in checks]
     df["error_message"] = [c[1] for c in checks]
@@ -200,7 +211,7 @@ def collect_shard(cfg: StageConfig, io: StageIO) -> None:
                 key = f"{shard}_{int(rec['row_in_shard']):05d}"
                 url = rec["url"] if isinstance(rec["url"], str) else None
                 caption = rec["caption"] if isinstance(rec["caption"], str) else ""
-                out = {"key": key, "url": url, "width": None, "height": None, "source": SOURCE, "caption": caption,
+                out = {"key": key, "url": url, "width": None, "height": None, "source": source, "caption": caption,
                        "status": rec["status"], "error_message": rec["error_message"], "downloaded": False,
                        "http_status": None, "row": int(rec["row"]), "original_width": None,
                        "original_height": None, "sha256": None}
@@ -228,7 +239,7 @@ def collect_shard(cfg: StageConfig, io: StageIO) -> None:
                             extra = {k: jsonable(rec.get(k)) for k in kept}
                             writer.write({"__key__": key, "jpg": jpg, "txt": caption,
                                           "json": {"key": key, "url": url, "width": out["width"],
-                                                   "height": out["height"], "source": SOURCE, **extra}})
+                                                   "height": out["height"], "source": source, **extra}})
                 out.update({k: rec.get(k) for k in kept})
                 out_rows.append(out)
     table = pd.DataFrame(out_rows, columns=[*OUTPUT_COLUMNS, *kept])

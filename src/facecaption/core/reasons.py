@@ -48,6 +48,17 @@ class ImageOutcome(Reason):
     NO_IMAGE = "missing_image"
 
 
+class ReleaseReason(Reason):
+    """Why a release row (source = release: one released face box) gave no kept face, besides the collect status
+    of its URL and the image's decode reasons (faces stage, face rows with a ``release_row``)."""
+
+    MALFORMED_BOX = "malformed_box"  # not four finite numbers with x1 > x0 and y1 > y0
+    BOX_OUTSIDE = "box_outside_image"  # less than release.min_inside of the box lies inside the image
+    IMAGE_CHANGED = "image_changed"  # the downloaded image's size differs from the released size
+    NO_FACE_IN_BOX = "no_face_in_box"  # the detector found no face in the box (release.box_only: drop)
+    EMPTY_CAPTION = "empty_caption"  # the release row has no face caption (release.empty_caption: drop)
+
+
 class CollectStatus(Reason):
     """The status of a row of the collect parquet (real sources; ``success`` = the image is in the shard)."""
 

@@ -29,10 +29,15 @@ TABLES = (
     Table("collect/*.parquet", ("key", "url", "width", "height", "source", "caption", "status", "error_message"),
           unique=("key",)),
     Table("labeled/*.parquet", ("key", "split", "identity"), unique=("key",)),
-    Table("faces/*.records.parquet", ("image_key", "face", "status", "reason", "score", "x0", "y0", "x1", "y1"),
-          unique=("image_key", "face")),
+    # release_row: the release row a face record answers for (source = release; null elsewhere)
+    Table("faces/*.records.parquet", ("image_key", "face", "status", "reason", "score", "x0", "y0", "x1", "y1",
+                                      "release_row"), unique=("image_key", "face")),
+    # released_caption (nullable string): the release's face caption (source = release; null for other sources);
+    # alt_text stays the image's alt-text. url, sha256 (of the downloaded bytes, null where the source has none),
+    # aligned_by (landmarks | box) and matrix (2x3 similarity, row-major) rebuild the crop with align.size/scale.
     Table("faces/*.parquet", ("key", "image_key", "face", "score", "x0", "y0", "x1", "y1", "landmarks", "box_width",
-                              "detector", "alt_text", "blur", "brightness", "align_error"), unique=("key",)),
+                              "detector", "alt_text", "blur", "brightness", "align_error", "released_caption", "url",
+                              "sha256", "release_row", "aligned_by", "matrix"), unique=("key",)),
     Table("attributes/*.parquet", ("key", "n_labels", "kept", "reason"), unique=("key",)),
     Table("captions/*.parquet", ("key", "image_key", "caption", "captions", "grammar_caption", "rewritten",
                                  "rewrite_error", "alt_text", "n_labels"), unique=("key",)),

@@ -1,6 +1,13 @@
 """Faces report: the funnel (images → with faces → kept faces) beside the paper's, drop reasons, the
 detection audit against ground truth (synthface), a funnel figure and example aligned crops.
 
+Source = release: also the share of the release rebuilt (release rows → distinct URLs → alive → box matches →
+kept, beside the paper's quoted numbers) and ``release_manifest.parquet``, one row per kept face: release row,
+key, URL, sha256 of the downloaded bytes, the released box, how it was aligned (landmarks or box), the landmarks,
+the 2x3 similarity matrix and ``align.size``/``align.scale``; ``metrics.json`` holds its sha256
+(``release.manifest_sha256``: over its rows in shard order, so two groups that sharded alike compare one
+number, else they join the manifests on ``release_row``).
+
 Streamed: each shard's kept faces, records and ground truth are read together (only the columns needed),
 summarised into a ``FacesSummary`` and dropped before the next shard is read."""
 
@@ -15,7 +22,7 @@ from PIL import Image
 
 from facecaption.core import reference
 from facecaption.core.config import StageConfig
-from facecaption.core.reasons import category
+from facecaption.core.reasons import ReleaseReason, category
 from facecaption.core.report import Report, by_shard, read_columns, setup_plotting
 from facecaption.core.shards import iter_samples
 from facecaption.core.stage import StageIO
@@ -249,6 +256,12 @@ def run(cfg: StageConfig, io: StageIO) -> int:
               caption="Record accounting per stage: every record in is kept or rejected with its reason.",
               note="Reasons are categories (the part before ':'); duplicate keys: the first occurrence wins.")
 
+    release = release_summary(record_files, face_files, io.many("records"), cfg["align"],
+                              rep.folder / "release_manifest.parquet")
+    rep.metric("has_release", release is not None)
+    if release is not None:
+        _release_report(rep, release)
+
     tars = io.many("crops")
     grid = crop_grid(tars[0]) if tars else None
     rep.metric("has_examples", grid is not None)
@@ -256,3 +269,101 @@ def run(cfg: StageConfig, io: StageIO) -> int:
         rep.image("aligned_examples", grid)
     rep.save()
     return 0
+
+
+# -- source = release: the share of the release rebuilt, and the rebuild manifest ---------------------------------
+#: release-row reasons that mean the box was valid on the image as downloaded (the "box matches" step)
+_BOX_MATCHED = {ReleaseReason.NO_FACE_IN_BOX.value, ReleaseReason.EMPTY_CAPTION.value, "blurry", "too_dark",
+                "align_failed", "detect_error"}
+MANIFEST_COLUMNS = ["release_row", "key", "url", "sha256", "x0", "y0", "x1", "y1", "aligned_by", "detector", "score",
+                    "landmarks", "matrix"]
+#: quoted beside the rebuilt share: the release's size (dataset card) and the paper's URL reachability
+RELEASE_QUOTED = [("released rows (dataset card, ~13.2–13.4M)", 13_300_000, 1.0),
+                  ("LAION-Face URLs reachable for the paper (~75 %)", None, 0.75)]
+
+
+def release_summary(record_files: list[str], face_files: list[str], collect_files: list[str], acfg: dict,
+                    manifest_path) -> dict | None:
+    """The release funnel and reasons over all shards, writing the manifest (None when no record answers for a
+    release row: another source). One shard's records, faces and collect rows in memory at a time."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    digest = hashlib.sha256()
+    writer = None
+    try:
+        for _, (rp, fp, cp) in by_shard(record_files, face_files, collect_files):
+            if rp is None:
+                continue
+            rec = _frame(rp, ["image_key", "face", "status", "reason", "release_row"])
+            if "release_row" not in rec or rec["release_row"].isna().all():
+                continue
+            rel = rec[rec["release_row"].notna()]
+            cat = rel["reason"].fillna("").map(category)
+            kept = rel["status"] == "kept"
+            col = _frame(cp, ["key", "status"]) if cp else pd.DataFrame(columns=["key", "status"])
+            alive_keys = set(col.loc[col["status"] == "success", "key"])
+            alive = rel["image_key"].isin(alive_keys)
+            counts["rows"] += len(rel)
+            counts["urls"] += rel["image_key"].nunique()
+            counts["urls_alive"] += int(rel.loc[alive, "image_key"].nunique())
+            counts["rows_alive"] += int(alive.sum())
+            counts["rows_box_matches"] += int((kept | cat.isin(_BOX_MATCHED)).sum())
+            counts["rows_kept"] += int(kept.sum())
+            reasons.update(cat[~kept].value_counts().to_dict())
+            faces = _frame(fp, MANIFEST_COLUMNS) if fp else pd.DataFrame(columns=MANIFEST_COLUMNS)
+            if "release_row" not in faces:
+                continue
+            faces = faces[faces["release_row"].notna()].sort_values("release_row")
+            counts["kept_landmarks"] += int((faces["aligned_by"] == "landmarks").sum())
+            counts["kept_box"] += int((faces["aligned_by"] == "box").sum())
+            man = faces[MANIFEST_COLUMNS].assign(align_size=int(acfg["size"]), align_scale=float(acfg["scale"]))
+            table = pa.Table.from_pandas(man, preserve_index=False)
+            table = table.cast(pa.schema([pa.field(f.name, pa.string() if f.name in ("url", "sha256", "key", "aligned_by",
+                                                                                     "detector") else f.type)
+                                          for f in table.schema]))
+            for r in man.itertuples(index=False):
+                box = ",".join(f"{v:.2f}" for v in (r.x0, r.y0, r.x1, r.y1))
+                mat = ",".join(f"{v:.4f}" for v in r.matrix)
+                digest.update(f"{int(r.release_row)}\t{r.url}\t{r.sha256}\t{box}\t{r.aligned_by}\t{mat}\n".encode())
+            if writer is None:
+                writer = pq.ParquetWriter(str(manifest_path), table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if not counts["rows"]:
+        return None
+    return {"funnel": {k: int(counts[k]) for k in ("rows", "urls", "urls_alive", "rows_alive", "rows_box_matches",
+                                                   "rows_kept", "kept_landmarks", "kept_box")},
+            "reasons": {k: int(v) for k, v in sorted(reasons.items())},
+            "manifest": "release_manifest.parquet" if writer is not None else None,
+            "manifest_sha256": digest.hexdigest(), "align_size": int(acfg["size"]), "align_scale": float(acfg["scale"])}
+
+
+def _release_report(rep: Report, release: dict) -> None:
+    f = release["funnel"]
+    rows = f["rows"] or 1
+    rep.metric("release", release)
+    rep.metric("release_share_rebuilt", f["rows_kept"] / rows)
+    table = [
+        ["release rows (faces)", f["rows"], 1.0],
+        ["distinct URLs", f["urls"], None],
+        ["URLs alive (downloaded, decodable, not opted out)", f["urls_alive"], f["urls_alive"] / (f["urls"] or 1)],
+        ["rows of alive URLs", f["rows_alive"], f["rows_alive"] / rows],
+        ["rows whose box matches the image (valid, inside, same size)", f["rows_box_matches"], f["rows_box_matches"] / rows],
+        ["faces kept (rebuilt)", f["rows_kept"], f["rows_kept"] / rows],
+        ["  aligned by landmarks found in the box", f["kept_landmarks"], f["kept_landmarks"] / rows],
+        ["  aligned by the box alone", f["kept_box"], f["kept_box"] / rows],
+    ]
+    quoted = [[f"paper: {name}", count, share] for name, count, share in RELEASE_QUOTED]
+    rep.table("release_funnel", ["step", "count", "share"], table + quoted,
+              quoted_rows=list(range(len(table), len(table) + len(quoted))),
+              caption="The share of the released FaceCaption-15M rebuilt: release rows to kept faces.",
+              note=f"Shares of the release rows (URLs alive: of the distinct URLs). Quoted rows: {reference.SOURCE} "
+                   "and its dataset card. Every release row has one outcome; reasons: "
+                   + ", ".join(f"{k} {v}" for k, v in release["reasons"].items()))

@@ -424,6 +424,15 @@ def write_logs(ckdir: Path, out_logs: str, system, summary: dict, arch: str) -> 
     (out / "model_config.json").write_text(json.dumps({"arch": arch, "model_cfg": M.model_config(arch)}, indent=1))
 
 
+def timing_log_of(out_model: str) -> Path:
+    """The job log of a run's timing: ``logs/train/timing.json`` for ``results/train/flip.pt``, and beside it
+    for another model (an ablation arm's ``results/ablation/<text>/flip.pt`` -> ``logs/ablation/<text>/``)."""
+    parent = Path(out_model).parent
+    if parent == Path("results/train") or parent.parts[:1] != ("results",):
+        return Path(TIMING_LOG)
+    return Path("logs", *parent.parts[1:], "timing.json")
+
+
 def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None,
           out_hub: str | None = None, out_split: str | None = None) -> dict:
     """Train, export ``out_model`` (and, when given, ``out_hub``: open_clip's hub layout, and ``out_split``: the
@@ -477,8 +486,9 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
         split.write(out_split)
     summary = summary_of(trainer, system, data, arch=arch, tcfg=tcfg, image_size=image_size, hw=hw, max_steps=max_steps)
     timing = timing_of(trainer, system, data, tcfg=tcfg, hw=hw, resume=resume, t0=t0)
-    Path(TIMING_LOG).parent.mkdir(parents=True, exist_ok=True)
-    Path(TIMING_LOG).write_text(json.dumps(timing, indent=1, sort_keys=True))
+    timing_log = timing_log_of(out_model)
+    timing_log.parent.mkdir(parents=True, exist_ok=True)
+    timing_log.write_text(json.dumps(timing, indent=1, sort_keys=True))
     log.info("train: %d steps in %.1f s of training (%.1f samples/s)%s", timing["steps"], timing["train_seconds"],
              timing["samples_per_s"] or 0, f", resumed from {timing['resumed_from']}" if resume else "")
     for lg in loggers:

@@ -105,9 +105,11 @@ def test_artifacts_keep_their_schemas(pipeline):
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """collect → evaluate on tests/config.flip.yaml: a run big enough for FLIP to learn something."""
+    """collect → evaluate and the caption ablation on tests/config.flip.yaml: a run big enough for FLIP to learn
+    something."""
     repo = copy_repo(tmp_path_factory.mktemp("flip") / "repo")
-    snakemake(["results/reports/evaluate", "--cores", "2", "--configfile", "tests/config.flip.yaml"], repo)
+    snakemake(["results/reports/evaluate", "results/reports/ablation", "--cores", "2", "--configfile",
+               "tests/config.flip.yaml"], repo)
     return repo
 
 
@@ -123,6 +125,25 @@ def test_flip_beats_random_weights(learned):
     for direction in ("i2t_r5", "t2i_r5"):
         flip, rand = m["retrieval"]["FLIP"][direction]["mean"], m["retrieval"]["random init"][direction]["mean"]
         assert flip > rand + 8, (direction, flip, rand)  # measured: 18.5 vs 5.2, 20.1 vs 3.6
+
+
+def test_the_caption_ablation_reproduces_the_papers_ordering(learned):
+    """The paper's ablation, measured: FLIP trained on the grammar captions retrieves held-out faces far better
+    than the same recipe trained on the web alt-text (paper: 38.62 vs 13.24 T→I R@5 on CelebA-Caption). The
+    alt-text arm is a model of its own (results/ablation/alt_text/), trained on its own text field, evaluated on
+    the same held-out faces and captions as the main FLIP, which stands for the grammar arm."""
+    import json
+
+    m = json.loads((learned / "results/reports/ablation/metrics.json").read_text())
+    assert m["arms"] == ["alt_text", "grammar"] and m["main_arm"] == "grammar"
+    main = json.loads((learned / "results/reports/evaluate/metrics.json").read_text())
+    assert m["grammar.t2i_r5"] == main["retrieval"]["FLIP"]["t2i_r5"]["mean"]  # the main FLIP is the grammar arm
+    arm = json.loads((learned / "results/ablation/alt_text/evaluate/metrics.json").read_text())
+    assert arm["retrieval_faces"] == main["retrieval_faces"] and "random init" not in arm["retrieval"]
+    assert (learned / "results/ablation/alt_text/flip.pt").read_bytes() != (learned / "results/train/flip.pt").read_bytes()
+    for direction in ("t2i_r5", "i2t_r5"):
+        assert m[f"grammar.{direction}"] > m[f"alt_text.{direction}"] + 8, (direction, m)
+    assert (learned / "results/reports/ablation/figures/ablation.png").exists()
 
 
 def _dry_run(repo, overlay_text, tmp_path):

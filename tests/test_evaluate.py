@@ -83,17 +83,17 @@ def test_probe_learns_a_separable_attribute_and_majority():
 
 # -- splits ----------------------------------------------------------------------------------------------
 def _split(keys, ids):
-    return D.Split(list(keys), [b""] * len(keys), np.zeros((len(keys), 1), np.uint8), list(ids))
+    return D.Split(list(keys), [k.encode() for k in keys], np.zeros((len(keys), 1), np.uint8), list(ids))
 
 
 def test_split_disjointness_is_checked():
     ok = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("c", [3]), "test": _split("d", [4])})
     assert D.check_disjoint(ok) == {"train_val": 0, "train_test": 0, "val_test": 0}
     bad = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("c", [3]), "test": _split("d", [2])})
-    with pytest.raises(EvaluateInputError, match="share identity"):
+    with pytest.raises(EvaluateInputError, match="^x: splits train and test share 1 identity "):
         D.check_disjoint(bad)
     bad = D.LabeledSet("x", ["A"], {"train": _split("ab", [1, 2]), "val": _split("b", [3]), "test": _split("d", [4])})
-    with pytest.raises(EvaluateInputError, match="share image"):
+    with pytest.raises(EvaluateInputError, match="^x: splits train and val share 1 image key"):
         D.check_disjoint(bad)
 
 
@@ -311,6 +311,22 @@ def test_stage_writes_report(in_stage_dir, tmp_path):
     assert probe["quoted_rows"] and all(probe["rows"][i][0].endswith("(paper)") for i in probe["quoted_rows"])
     assert (rep / "figures" / "per_attribute.png").stat().st_size > 1000
     assert (rep / "probe_runs.csv").exists() and (rep / "retrieval_runs.csv").exists()
+    # no choice sees a test split, and what was checked is recorded
+    assert m["split_overlap"]["synthface"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+    assert m["split_checks"]["synthface"]["images_hashed"] == 140 and m["split_checks"]["synthface"]["identities_known"] == 140
+    assert "validation" in m["choices"]["probe_weight_decay"]
+    # a grid of two values has no interior: every choice is on its edge, and the table says so
+    assert m["wd_at_edge"] is True and p["FLIP"]["100"]["wd_at_edge"] is True and m["wd_edges"]
+    assert probe["columns"][-1] == "wd_at_edge" and probe["rows"][0][-1] == "10 %, 100 %"
+    choices = json.loads((rep / "tables" / "probe_choices.json").read_text())
+    assert choices["rows"] and all(r[-1].startswith("yes") for r in choices["rows"])
+    # slices of the probe's test faces (retrieval slices need the attribute tables: not given here)
+    g = m["slices"]["probe"]["synthface"]["FLIP"]["Male+Young"]
+    assert sum(v["n"] for v in g["slices"].values()) == 40
+    assert all(("mean" in v) == (v["n"] >= 20) for v in g["slices"].values())
+    assert "retrieval" in m["slices"]["skipped"] and m["slices"]["retrieval"] == {}
+    flat = json.loads(Path("results/metrics/evaluate.json").read_text())
+    assert "retrieval.FLIP.t2i_r5.mean" in flat and "probe.synthface.FLIP.10.mean" in flat  # the keys others read
     first = (rep / "metrics.json").read_bytes()
     # the paper section compiles against these artifacts
     import shutil
@@ -543,6 +559,74 @@ def test_each_dataset_probes_its_own_label_fractions(in_stage_dir, tmp_path):
     assert set(m["probe"]["synthface"]["FLIP"]) == {"10", "100"} and set(m["probe"]["LFWA"]["FLIP"]) == {"50", "100"}
     assert m["dataset_fractions"] == {"synthface": [0.1, 1.0], "LFWA": [0.5, 1.0]}
     table = json.loads(Path("results/reports/evaluate/tables/probe.json").read_text())
-    assert table["columns"][2:] == ["10 % labels", "50 % labels", "100 % labels"]
+    assert table["columns"][2:] == ["10 % labels", "50 % labels", "100 % labels", "wd_at_edge"]
     lfwa = next(r for r in table["rows"] if r[:2] == ["FLIP", "LFWA"])
     assert lfwa[2] is None and lfwa[3] is not None and lfwa[4] is not None
+
+
+def test_retrieval_and_probe_slices_with_attribute_tables(in_stage_dir, tmp_path):
+    """With the attribute stage's tables as an input, retrieval is reported by slice too: the held-out faces
+    sliced by their confident labels (-1: in no slice); too small slices are counted, not scored."""
+    import facecaption.evaluate as EV
+    from facecaption import workflow as W
+    from facecaption.core.shards import write_parquet
+    from facecaption.core.stage import StageIO
+
+    cfg = fc_config.validate(_fast(in_stage_dir, zero_shot=False, seeds=2, label_fractions=[1.0], slice_min=3,
+                                   slices=[["Male", "Young"], ["Pale_Skin"], ["Eyeglasses"]]))
+    df = read_parquet("results/labeled/test.parquet").iloc[16:]  # the held-out shard's faces
+    table = df[["key", "Male", "Young", "Eyeglasses"]].astype({"Male": "int8", "Young": "int8", "Eyeglasses": "int8"})
+    table.loc[table.index[0], "Male"] = -1  # not confident: in no Male × Young slice
+    Path("results/attributes").mkdir(exist_ok=True)
+    write_parquet(table, "results/attributes/00001.parquet")
+    io = W.stage_io("evaluate", cfg, ["00000", "00001"])
+    inputs = {**io.inputs, "attributes": ["results/attributes/00000.parquet", "results/attributes/00001.parquet"]}
+    out = {"report": str(tmp_path / "evaluate"), "metrics": str(tmp_path / "evaluate.json")}
+    assert EV.run(W.stage_config("evaluate", cfg), StageIO("evaluate", inputs, out, None, ["00000", "00001"])) == 0
+    m = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    sl = m["slices"]
+    r = sl["retrieval"]["FLIP"]["Male+Young"]["slices"]
+    assert sum(v["n"] for v in r.values()) == 23  # 24 held-out faces, one not confidently labelled
+    for v in r.values():
+        assert ("t2i_r5" in v) == (not v.get("too_few")) and (v["n"] >= 3 or v.get("too_few"))
+    assert "Pale_Skin" not in sl["retrieval"]["FLIP"]  # the tables do not predict it: skipped, and why
+    assert sl["skipped"]["retrieval"] == "attribute(s) Pale_Skin not in the attribute tables"
+    assert "random init" in sl["retrieval"] and sl["probe"]["synthface"]["random init"]["Eyeglasses"]["slices"]
+    table = json.loads((tmp_path / "evaluate" / "tables" / "slices.json").read_text())
+    assert "T→I R@5" in [row[1] for row in table["rows"]] and table["columns"][-1] == "gap Eyeglasses"
+    gaps = sl["probe_by_fraction"]["synthface"]["FLIP"]["100"]
+    assert gaps == {g: v["gap"] for g, v in sl["probe"]["synthface"]["FLIP"].items()}
+    assert (tmp_path / "evaluate" / "figures" / "slices.png").stat().st_size > 1000
+
+
+def test_overlapping_splits_stop_the_stage(in_stage_dir, tmp_path, capsys):
+    """The same picture in a dataset's train and test split, under two file names: one line, no evaluation."""
+    import shutil
+
+    rng = np.random.default_rng(0)
+    rows = ["image,split,Male"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"f{i}.png")
+        rows.append(f"f{i}.png,{('train', 'val', 'test')[i % 3]},{i % 2}")
+    shutil.copy(tmp_path / "f0.png", tmp_path / "copy.png")
+    rows.append("copy.png,test,1")
+    (tmp_path / "attributes.csv").write_text("\n".join(rows) + "\n")
+    cfg = _fast(in_stage_dir, datasets=[{"name": "mine", "format": "csv", "path": str(tmp_path)}])
+    assert run_stage("evaluate", cfg) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "evaluate: mine: splits train and test share 1 image(s) with identical pixels (e.g. 'f0.png' in train, "
+        "'copy.png' in test)")
+
+
+def test_celeba_identity_file_is_checked(tmp_path):
+    root = _celeba_folder(tmp_path / "celeba")  # 12 images, two per identity, partition 0,1,2,0,1,2 by pairs
+    lines = [f"{i + 1:06d}.jpg {i // 2 + 1}" for i in range(12)]
+    (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    ds = D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
+    D.check_disjoint(ds)
+    assert ds.overlap["identities_known"] == 12
+    lines[4] = "000005.jpg 1"  # a test image of identity 1, which is in train
+    (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    ds = D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
+    with pytest.raises(EvaluateInputError, match=r"^CelebA: splits train and test share 1 identity \(e.g. '1'\)$"):
+        D.check_disjoint(ds)

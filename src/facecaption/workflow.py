@@ -151,7 +151,7 @@ def _arm_stages(arm: str) -> list[Stage]:
               help=f"ablation: FLIP trained on train.text = {arm}"),
         Stage(f"evaluate_{arm}", "facecaption.evaluate:run",
               deps={"model": f"{d}/flip.pt", "split": f"{d}/split.json", **_split("images"), **_split("labels"),
-                    "pairs": f"{R}/captions/{ALL}.tar"},
+                    "pairs": f"{R}/captions/{ALL}.tar", "attributes": f"{R}/attributes/{ALL}.parquet"},
               params=("seed", "train", "align", "evaluate"),
               outs={"report": f"{d}/evaluate", "metrics": f"{d}/evaluate.json"}, dirs=("report",),
               config_files=_evaluate_files,
@@ -235,7 +235,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     # -- evaluation ----------------------------------------------------------------------------------------
     Stage("evaluate", "facecaption.evaluate:run",
           deps={"model": f"{R}/train/flip.pt", "split": f"{R}/train/split.json", **_split("images"),
-                **_split("labels"), "pairs": f"{R}/captions/{ALL}.tar"},
+                **_split("labels"), "pairs": f"{R}/captions/{ALL}.tar",
+                "attributes": f"{R}/attributes/{ALL}.parquet"},  # the held-out faces' labels: retrieval by slice
           params=("seed", "train", "align", "evaluate"),
           outs={"report": f"{R}/reports/evaluate", "metrics": f"{METRICS}/evaluate.json"}, dirs=("report",),
           metrics=("metrics",), config_files=_evaluate_files,

@@ -9,6 +9,11 @@
   (``align.size``, ``align.scale``), the framing the labeled set and the crawled faces have; without, the
   middle square of each image is used.
 
+Splits must not overlap (:func:`check_disjoint`): not by sample key, not by image content (a hash of the
+decoded pixels) and not by identity where identities are known (the synthface identities of the labeled
+set, CelebA's ``identity_CelebA.txt``, LFWA's person names, a CSV's ``identity`` column); an overlap stops
+the evaluation with one line naming the dataset, the two splits and how many items they share.
+
 Problems stop with :class:`EvaluateInputError`, one line naming the file (and line). Before any job runs,
 :func:`check_datasets` stops a config whose dataset names clash or whose folders or files are missing, with
 a :class:`~facecaption.core.config.ConfigError` naming the key.
@@ -17,6 +22,8 @@ a :class:`~facecaption.core.config.ConfigError` naming the key.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,25 +58,61 @@ class LabeledSet:
     attributes: list[str]
     splits: dict[str, Split]
     note: str = ""
+    overlap: dict = field(default_factory=dict)  # what check_disjoint checked and found (all zero, else it raised)
 
     def sizes(self) -> dict[str, int]:
         return {s: len(self.splits[s].keys) for s in SPLITS}
 
 
+UNKNOWN_IDENTITY = ("", -1, None)
+PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
+
+
+def content_hash(source) -> str:
+    """sha256 of a sample's decoded pixels (mode, size, bytes): the same picture under two keys or in two
+    files hashes the same; a source that does not decode is hashed as its bytes (or path)."""
+    from PIL import Image
+
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            im = Image.open(io.BytesIO(source))
+        else:
+            im = Image.open(source[0] if isinstance(source, tuple) else source)
+        with im:
+            im = im.convert("RGB")
+            return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - not an image: its bytes identify it
+        raw = bytes(source) if isinstance(source, (bytes, bytearray)) else repr(source).encode()
+        return hashlib.sha256(b"raw:" + raw).hexdigest()
+
+
 def check_disjoint(ds: LabeledSet) -> dict[str, int]:
-    """Raise if two splits share a sample key or a known identity; return the overlap counts (all 0)."""
-    out = {}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+    """Stop (one line: the dataset, the two splits, how many they share) if two splits share a sample key, an
+    image (:func:`content_hash` of the pixels) or a known identity; return the overlap counts per split pair
+    (all 0). What was checked (images hashed, samples with a known identity) goes to ``ds.overlap``."""
+    hashes = {s: [content_hash(x) for x in ds.splits[s].sources] for s in SPLITS}
+    known = {s: [i for i in ds.splits[s].identities if i not in UNKNOWN_IDENTITY] for s in SPLITS}
+    detail = {}
+    for a, b in PAIRS:
         sa, sb = ds.splits[a], ds.splits[b]
         keys = set(sa.keys) & set(sb.keys)
-        ids = ({i for i in sa.identities if i not in ("", -1, None)}
-               & {i for i in sb.identities if i not in ("", -1, None)})
         if keys:
-            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share image {sorted(keys)[0]!r}")
+            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share {len(keys)} image key(s) (e.g. "
+                                     f"{sorted(keys)[0]!r})")
+        first = {h: k for k, h in zip(sa.keys, hashes[a])}
+        same = [(first[h], k) for k, h in zip(sb.keys, hashes[b]) if h in first]
+        if same:
+            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share {len(same)} image(s) with identical pixels "
+                                     f"(e.g. {same[0][0]!r} in {a}, {same[0][1]!r} in {b})")
+        ids = set(known[a]) & set(known[b])
         if ids:
-            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share identity {sorted(ids, key=str)[0]!r}")
-        out[f"{a}_{b}"] = 0
-    return out
+            raise EvaluateInputError(f"{ds.name}: splits {a} and {b} share {len(ids)} identit"
+                                     f"{'y' if len(ids) == 1 else 'ies'} (e.g. {sorted(ids, key=str)[0]!r})")
+        detail[f"{a}_{b}"] = {"keys": 0, "images": 0, "identities": 0 if known[a] and known[b] else None}
+    ds.overlap = {"pairs": detail, "images_hashed": sum(len(h) for h in hashes.values()),
+                  "identities_known": sum(len(k) for k in known.values()),
+                  "samples": sum(len(ds.splits[s].keys) for s in SPLITS)}
+    return {pair: 0 for pair in detail}
 
 
 # -- the pipeline's labeled set ------------------------------------------------------------------------
@@ -133,6 +176,24 @@ def _read_partition(path: Path) -> dict[str, str]:
         if len(parts) != 2 or parts[1] not in SPLIT_CODE:
             raise EvaluateInputError(f"{path}:{no}: expected 'image 0|1|2' (train|val|test), found {line.strip()!r}")
         out[parts[0]] = SPLIT_CODE[parts[1]]
+    return out
+
+
+CELEBA_IDENTITIES = "identity_CelebA.txt"
+
+
+def _read_identities(path: Path) -> dict[str, str]:
+    """CelebA's ``identity_CelebA.txt``: ``image identity`` per line."""
+    if not path.exists():
+        raise EvaluateInputError(f"{path}: missing identity file")
+    out = {}
+    for no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise EvaluateInputError(f"{path}:{no}: expected 'image identity', found {line.strip()!r}")
+        out[parts[0]] = parts[1]
     return out
 
 
@@ -222,6 +283,10 @@ def read_attribute_folder(spec: dict, seed: int = 0, align: dict | None = None) 
     size, scale = _align_params(align)
     by_split = {s: sorted(n for n, v in partition.items() if v == s) for s in SPLITS}
     identity = {n: (_person(n) if fmt == "lfwa" else "") for n in partition}
+    id_path = root / (spec.get("identities") or CELEBA_IDENTITIES)
+    if fmt == "celeba" and (spec.get("identities") or id_path.exists()):
+        known = _read_identities(id_path)
+        identity.update({n: known[n] for n in partition if n in known})
     note = ""
     if not by_split["val"]:
         if fmt != "lfwa":
@@ -374,7 +439,8 @@ def check_datasets(config: dict) -> None:
         parts = [("images", spec.get("images") or images, "is_dir"),
                  ("attributes", spec.get("attributes") or attributes, "exists"),
                  ("partition", spec.get("partition") or partition, "exists"),
-                 ("landmarks", spec.get("landmarks"), "exists")]
+                 ("landmarks", spec.get("landmarks"), "exists"),
+                 ("identities", spec.get("identities"), "exists")]
         for field_name, rel, test in parts:
             if rel is None:
                 continue

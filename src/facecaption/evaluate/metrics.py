@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def recall_at_k(sim: np.ndarray, positive: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
-    """Share of queries (rows of ``sim``) with a positive among their ``k`` best-scored candidates.
-
-    ``positive`` is a boolean (queries, candidates) mask; a query may have several positives (identical
-    captions). Ties count against the query: a candidate scored equal to the best positive ranks ahead of
-    it, so a constant scorer gets no credit.
-    """
+def hits_at_k(sim: np.ndarray, positive: np.ndarray, ks=(1, 5, 10)) -> dict[int, np.ndarray]:
+    """Per query (row of ``sim``): whether a positive is among its ``k`` best-scored candidates (ties count
+    against the query, as in :func:`recall_at_k`)."""
     sim = np.asarray(sim, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     if sim.shape != positive.shape:
@@ -20,15 +16,22 @@ def recall_at_k(sim: np.ndarray, positive: np.ndarray, ks=(1, 5, 10)) -> dict[in
         raise ValueError("every query needs at least one positive candidate")
     best_pos = np.where(positive, sim, -np.inf).max(axis=1, keepdims=True)
     rank = ((sim >= best_pos) & ~positive).sum(axis=1)  # negatives at or above the best positive
-    return {k: float((rank < k).mean()) for k in ks}
+    return {k: rank < k for k in ks}
 
 
-def retrieval(img: np.ndarray, txt: np.ndarray, captions: list[str], ks=(1, 5, 10)) -> dict[str, float]:
-    """Image→text and text→image recall@k for paired faces and captions.
+def recall_at_k(sim: np.ndarray, positive: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
+    """Share of queries (rows of ``sim``) with a positive among their ``k`` best-scored candidates.
 
-    Identical captions are one candidate (the gallery is the set of distinct captions): an image's positive
-    is its caption; a caption's positives are all images that carry it.
+    ``positive`` is a boolean (queries, candidates) mask; a query may have several positives (identical
+    captions). Ties count against the query: a candidate scored equal to the best positive ranks ahead of
+    it, so a constant scorer gets no credit.
     """
+    return {k: float(h.mean()) for k, h in hits_at_k(sim, positive, ks).items()}
+
+
+def retrieval_hits(img: np.ndarray, txt: np.ndarray, captions: list[str], ks=(1, 5, 10)) -> dict:
+    """Per query hits of :func:`retrieval`: ``i2t`` {k: (images,) bool}, ``t2i`` {k: (distinct captions,)
+    bool} and ``owner`` (images,): the index of each image's caption among the distinct ones."""
     distinct = sorted(set(captions))
     index = {c: i for i, c in enumerate(distinct)}
     owner = np.array([index[c] for c in captions])
@@ -38,10 +41,18 @@ def retrieval(img: np.ndarray, txt: np.ndarray, captions: list[str], ks=(1, 5, 1
     first = np.array([first_of[c] for c in distinct])
     sim = img @ txt[first].T  # (images, distinct captions)
     pos = owner[:, None] == np.arange(len(distinct))[None, :]
-    i2t = recall_at_k(sim, pos, ks)
-    t2i = recall_at_k(sim.T, pos.T, ks)
-    out = {f"i2t_r{k}": v for k, v in i2t.items()}
-    out.update({f"t2i_r{k}": v for k, v in t2i.items()})
+    return {"i2t": hits_at_k(sim, pos, ks), "t2i": hits_at_k(sim.T, pos.T, ks), "owner": owner}
+
+
+def retrieval(img: np.ndarray, txt: np.ndarray, captions: list[str], ks=(1, 5, 10)) -> dict[str, float]:
+    """Image→text and text→image recall@k for paired faces and captions.
+
+    Identical captions are one candidate (the gallery is the set of distinct captions): an image's positive
+    is its caption; a caption's positives are all images that carry it.
+    """
+    h = retrieval_hits(img, txt, captions, ks)
+    out = {f"i2t_r{k}": float(v.mean()) for k, v in h["i2t"].items()}
+    out.update({f"t2i_r{k}": float(v.mean()) for k, v in h["t2i"].items()})
     return out
 
 

@@ -1,19 +1,24 @@
 """DATASET_CARD.md: a datasheet for the dataset this run produced, generated from its artifacts.
 
 Sources, the funnel from attempted images to captioned faces, the filters' drop reasons, attribute balance
-(gender and age of the kept faces), caption statistics, known biases and licence notes. Every count is read
+(gender and age of the kept faces), the share of the captioned faces in each slice the evaluation reports
+results by (Male × Young, Pale_Skin), caption statistics, known biases and licence notes. Every count is read
 from the shards (streamed shard by shard); nothing is typed by hand except the licence guidance.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from facecaption.core import reference
 
 BALANCE_ATTRS = ("Male", "Young", "Eyeglasses", "Smiling", "Pale_Skin")
+# the evaluation's default slices (schema: evaluate.slices); the quality report does not read that section
+SLICES = (("Male", "Young"), ("Pale_Skin",))
 
 
 def _read(path, columns):
@@ -78,15 +83,60 @@ def balance(attributes: list[str]) -> dict:
             for a, c in res.items()}
 
 
+def slice_shares(attributes: list[str], captions: list[str], groups=SLICES) -> dict:
+    """Per group of attributes (``"Male+Young"``) and slice (``"Male=1,Young=0"``): how many captioned faces
+    (rows of the ``captions`` tables) the attribute stage labels confidently into it and their ``share`` among
+    all captioned faces; ``unsure``: faces with a -1 (or no label) for one of the group's attributes. Tables are
+    paired by shard and streamed one shard at a time."""
+    attrs = {Path(p).name.split(".")[0]: p for p in attributes}
+    wanted = sorted({a for g in groups for a in g})
+    counts = {"+".join(g): Counter() for g in groups}
+    total = 0
+    for cap in captions:
+        keys = _read(cap, ["key"])
+        if keys is None or "key" not in keys:
+            continue
+        total += len(keys)
+        path = attrs.get(Path(cap).name.split(".")[0])
+        lab = _read(path, ["key", *wanted]) if path else None
+        if lab is None or "key" not in lab:
+            for g in groups:
+                counts["+".join(g)]["unsure"] += len(keys)
+            continue
+        df = keys.merge(lab.drop_duplicates("key"), on="key", how="left")
+        for g in groups:
+            c = counts["+".join(g)]
+            if not all(a in df for a in g):
+                c["unsure"] += len(df)
+                continue
+            vals = df[list(g)].fillna(-1).astype(int).to_numpy()
+            known = (vals >= 0).all(1)
+            c["unsure"] += int((~known).sum())
+            for combo in itertools.product((1, 0), repeat=len(g)):
+                name = ",".join(f"{a}={v}" for a, v in zip(g, combo))
+                c[name] += int((vals == combo).all(1).sum())
+    out = {}
+    for g in groups:
+        gk = "+".join(g)
+        c = counts[gk]
+        names = [",".join(f"{a}={v}" for a, v in zip(g, combo)) for combo in itertools.product((1, 0), repeat=len(g))]
+        out[gk] = {**{n: {"n": c[n], "share": round(c[n] / total, 6) if total else None} for n in names},
+                   "unsure": {"n": c["unsure"], "share": round(c["unsure"] / total, 6) if total else None}}
+    return {"faces": total, "groups": out}
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def dataset_card(m: dict, *, records: list[str], face_records: list[str], attributes: list[str],
                  captions: list[str]) -> str:
-    """The card's Markdown from the report's metrics ``m`` and the per-shard tables."""
+    """The card's Markdown from the report's metrics ``m`` and the per-shard tables. The slice shares
+    (:func:`slice_shares`) are also recorded in ``m["card_slices"]`` (the report's metrics, saved after)."""
     f = funnel(records, face_records, attributes, captions)
     b = balance(attributes)
+    shares = slice_shares(attributes, captions)
+    m["card_slices"] = shares
     c = f["counts"]
     src = ", ".join(f"{k} ({v})" for k, v in f["sources"].items()) or "unknown"
     synth = "synthface" in f["sources"]
@@ -124,6 +174,14 @@ def dataset_card(m: dict, *, records: list[str], face_records: list[str], attrib
         L.append(f"| {a} | {_pct(r['share_yes'])} | {r['yes']:,} | {r['no']:,} | {r['unsure']:,} |")
     if not b:
         L.append("| (no attribute tables) | | | | |")
+    L += ["", "## Slices of the captioned faces", "",
+          "The evaluation reports results by these slices (`evaluate.slices`); the share of the "
+          f"{shares['faces']:,} captioned faces in each, by the attribute classifier's confident labels:", "",
+          "| slice | faces | share |", "|---|---:|---:|"]
+    for gk, by_slice in shares["groups"].items():
+        for name, r in by_slice.items():
+            label = f"{gk.replace('+', ' × ')}: not confidently labelled" if name == "unsure" else name.replace(",", ", ")
+            L.append(f"| {label} | {r['n']:,} | {_pct(r['share'])} |")
     L += ["", "## Caption statistics", ""]
     for kind, label in (("cap", "training captions"), ("gram", "grammar captions"), ("llm", "LLM rewrites"),
                         ("alt", "source alt-texts")):

@@ -154,3 +154,11 @@ def test_rehearsal_runs_the_papers_recipe_end_to_end(tmp_path):
     assert set(ev["datasets"]) == {"CelebA", "LFWA"}
     assert ev["dataset_fractions"] == {"CelebA": [0.01, 0.1, 1.0], "LFWA": [0.1, 0.5, 1.0]}
     assert set(ev["probe"]["LFWA"]["FLIP"]) == {"10", "50", "100"} and "FLIP" in ev["retrieval"]
+    # the caption ablation: the paper's three arms, each a ViT-B/16 of its own on its own text, evaluated alike
+    ab = json.loads((r / "reports" / "ablation" / "metrics.json").read_text())
+    assert ab["arms"] == ["alt_text", "grammar", "caption"] and ab["main_arm"] == "caption"
+    for arm in ("alt_text", "grammar"):
+        arm_ev = json.loads((r / "ablation" / arm / "evaluate" / "metrics.json").read_text())
+        assert set(arm_ev["datasets"]) == {"CelebA", "LFWA"} and arm_ev["retrieval_faces"] == ev["retrieval_faces"]
+        arm_summary = json.loads((r / "ablation" / arm / "logs" / "summary.json").read_text())
+        assert arm_summary["base_arch"] == "ViT-B-16" and arm_summary["steps"] == summary["steps"]

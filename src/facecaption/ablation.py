@@ -43,7 +43,9 @@ def arm_results(metrics: dict, summary: dict) -> dict:
 
 
 def _pm(mean, std) -> str | None:
-    return None if mean is None else f"{mean:.1f} ± {(std or 0):.1f}"
+    if mean is None:
+        return None
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
 def run(cfg: StageConfig, io: StageIO) -> int:
@@ -86,7 +88,7 @@ def run(cfg: StageConfig, io: StageIO) -> int:
         r = results[arm]
         rows.append([LABELS[arm] + (" (the main FLIP)" if arm == main else ""),
                      *[_pm(r[k], r[f"{k}_std"]) for k in RET], *[r.get(k) for k in probe_cols], r["skipped_missing_text"]])
-    rows.append(["random init (no training)", _pm(random["random_t2i_r5"], 0), None, _pm(random["random_i2t_r5"], 0), None,
+    rows.append(["random init (no training)", _pm(random["random_t2i_r5"], None), None, _pm(random["random_i2t_r5"], None), None,
                  *[None] * len(probe_cols), None])
     rep.table("ablation", columns, rows, quoted_rows=list(range(len(QUOTED))),
               caption="The caption ablation: one FLIP per text field, the same recipe and the same evaluation "

@@ -26,15 +26,12 @@ agree unless a SAMPLE_ID occurs in two parts, which the metadata duplicate count
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import gzip
 import hashlib
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facecaption.core.config import ConfigError, SourceError
+from facecaption.core.shards import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +57,6 @@ GET_METADATA = ("get the LAION-400M metadata parts (part-000NN-*.parquet) from "
 ID_FORMATS = (".pth", ".pt", ".npy", ".txt", ".txt.gz", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path``, renamed onto it only if the block succeeds; one left by a killed run is
-    removed when the file is written again. (As ``facecaption.core.shards.atomic_path``, which imports webdataset
-    and torch: 500 MB and seconds this step does not need.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- the ID list --------------------------------------------------------------------------------------------------

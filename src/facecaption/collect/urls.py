@@ -148,7 +148,7 @@ def _http_status(message: str | None) -> int | None:
 # -- re-pack ---------------------------------------------------------------------------------------------------------
 def _chunk_results(i2d: Path, chunk: int) -> tuple[pd.DataFrame, dict[str, bytes]]:
     """img2dataset's results of one chunk (its parquet) and the images of its successful rows (its tar)."""
-    from facecaption.core.shards import iter_samples  # noqa: PLC0415 (webdataset is slow to import)
+    from facecaption.core.shards import iter_samples  # noqa: PLC0415
 
     name = f"{chunk:05d}"
     meta = pq.read_table(i2d / f"{name}.parquet").to_pandas()

@@ -81,6 +81,7 @@ def collect_shard(cfg: StageConfig, io: StageIO) -> None:
     from facecaption.collect.faults import Injector  # noqa: PLC0415
     from facecaption.core import rng as rngmod  # noqa: PLC0415
     from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet  # noqa: PLC0415
+    from facecaption.synthface import plant as plantmod  # noqa: PLC0415
     from facecaption.synthface.render import DRAWABLE, render_image, sample_identity  # noqa: PLC0415
 
     sf, seed, shard = cfg["synthface"], cfg["seed"], io.shard
@@ -88,20 +89,27 @@ def collect_shard(cfg: StageConfig, io: StageIO) -> None:
     shard_no = int(shard)
     rows, truth = [], []
     faults = Injector(cfg, shard)  # synthface.faults: bad data on purpose (off by default)
+    # synthface.plant: labeled test faces planted in the crawl, with the truth (off by default: nothing changes)
+    plants = plantmod.plan(seed, sf.get("plant"), sf["num_shards"], sf["images_per_shard"])
     with ShardWriter(tar_path) as writer:
         for idx in tqdm(range(sf["images_per_shard"]), desc=f"collect {shard}", mininterval=2):
             key = f"{shard}_{idx:05d}"
             rng = rngmod.stream(seed, "synthface/image", shard_no, idx)
-            plan = plan_image(rng, sf)
-            ids = [int(rng.integers(0, sf["identities"])) for _ in range(plan["n_faces"])]
-            identities = [sample_identity(rngmod.stream(seed, "synthface/identity", i)) for i in ids]
-            image, faces = render_image(rng, size=sf["image_size"], n_faces=plan["n_faces"],
-                                        face_scale=plan["face_scale"], degrade=plan["degrade"],
-                                        identities=identities)
+            planted = plants.get((shard_no, idx))
+            if planted is None:
+                plan = plan_image(rng, sf)
+                ids = [int(rng.integers(0, sf["identities"])) for _ in range(plan["n_faces"])]
+                identities = [sample_identity(rngmod.stream(seed, "synthface/identity", i)) for i in ids]
+                image, faces = render_image(rng, size=sf["image_size"], n_faces=plan["n_faces"],
+                                            face_scale=plan["face_scale"], degrade=plan["degrade"],
+                                            identities=identities)
+                jpg, shape = encode_jpeg(image, quality=sf["jpeg_quality"]), image.shape
+            else:
+                plan = {"degrade": None, "tiny": False}
+                jpg, shape, faces, ids = plantmod.render_plant(seed, planted, shard_no, idx, sf)
             caption = alt_text(rng, faces)
-            jpg = encode_jpeg(image, quality=sf["jpeg_quality"])
-            meta = {"key": key, "url": f"synthface://{seed}/{shard}/{idx}", "width": image.shape[1],
-                    "height": image.shape[0], "source": "synthface"}
+            meta = {"key": key, "url": f"synthface://{seed}/{shard}/{idx}", "width": shape[1],
+                    "height": shape[0], "source": "synthface"}
             sample = {"__key__": key, "jpg": jpg, "txt": caption, "json": meta}
             for sample, row in faults.apply(idx, sample, {**meta, "caption": caption, "status": "success",
                                                           "error_message": None}):
@@ -115,9 +123,12 @@ def collect_shard(cfg: StageConfig, io: StageIO) -> None:
                     "identity": ids[f_idx] if f_idx < len(ids) else -1,
                     "degrade": plan["degrade"] or "none", "tiny": plan["tiny"],
                     **{a: bool(face["attributes"].get(a, False)) for a in DRAWABLE},
+                    **({"planted": planted["kind"] if planted else "", "planted_key": planted["key"] if planted else ""}
+                       if plants else {}),
                 })
     faults.finish(tar_path)
     write_parquet(pd.DataFrame(rows), parquet_path)
-    columns = ["key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny", *DRAWABLE]
+    columns = ["key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny", *DRAWABLE,
+               *(["planted", "planted_key"] if plants else [])]
     write_parquet(pd.DataFrame(truth, columns=columns), truth_path)
     log.info("shard %s: %d images, %d faces", shard, len(rows), len(truth))

@@ -26,30 +26,27 @@ from facecaption.core.align import align
 from facecaption.core.config import StageConfig
 from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet
 from facecaption.core.stage import StageIO
+from facecaption.synthface.plant import ID_BASE
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")  # outputs <split>_images and <split>_labels
-# identity ids of the labeled splits start far above the crawl's pool, so they never coincide
-_ID_BASE = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+_ID_BASE = ID_BASE  # identity ids of the labeled splits start far above the crawl's pool, so they never coincide
 
 
 def _synthface_split(cfg: dict, split: str):
-    from facecaption.synthface.render import DRAWABLE, render_image, sample_identity
+    from facecaption.synthface.plant import labeled_key, render_labeled
+    from facecaption.synthface.render import DRAWABLE
 
     lab, seed = cfg["labeled"], cfg["seed"]
     n_ids, per_id = lab["identities"][split], lab["images_per_identity"]
     for i in tqdm(range(n_ids), desc=f"labeled {split}", mininterval=2):
         identity_id = _ID_BASE[split] + i
-        identity = sample_identity(rngmod.stream(seed, "synthface/identity", identity_id))
         for j in range(per_id):
-            rng = rngmod.stream(seed, "labeled/image", identity_id, j)
-            image, faces = render_image(rng, size=lab["render_size"], n_faces=1, face_scale=(0.4, 0.55),
-                                        identities=[identity])
-            face = faces[0]
+            image, face = render_labeled(seed, identity_id, j, lab["render_size"])
             crop, _ = align(image, face["landmarks"], cfg["align"]["size"], cfg["align"]["scale"])
             labels = {a: int(bool(face["attributes"].get(a, False))) for a in DRAWABLE}
-            yield f"{split}_{i:06d}_{j:02d}", identity_id, crop, labels
+            yield labeled_key(split, i, j), identity_id, crop, labels
 
 
 def run(cfg: StageConfig, io: StageIO) -> int:

@@ -19,7 +19,8 @@ import pytest
 from facecaption.dvcyaml import imports_of as _imports_of
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "facecaption"
-STAGES = {"collect", "labeled", "faces", "attributes", "captions", "train", "evaluate", "quality", "cost", "ablation", "paper"}
+STAGES = {"collect", "labeled", "faces", "attributes", "captions", "train", "evaluate", "audit", "quality", "cost",
+          "ablation", "paper"}
 LIBRARIES = {"core", "synthface"}
 ORCHESTRATION = {"cli", "dvcyaml", "preflight", "__main__", ""}  # "": the package itself
 

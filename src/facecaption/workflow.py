@@ -38,7 +38,7 @@ RUNTIME = (
     "attributes.device", "attributes.in_memory_max", "attributes.predict_batch_size",
     "captions.llm.batch_size", "captions.llm.concurrency", "captions.llm.cache_dir",
     "train.num_workers", "train.threads", "train.resume_dir",
-    "evaluate.batch", "evaluate.device",
+    "evaluate.batch", "evaluate.device", "audit.batch",
     "quality.clip.batch", "quality.relevance.batch",
 )
 
@@ -120,6 +120,11 @@ def _evaluate_files(cfg: dict) -> dict[str, list[str]]:
              for k in ("attributes", "partition", "landmarks") if d.get(k)]
     return _files(("dataset_lists", lists), ("baselines", [b["path"] for b in ev.get("baselines") or []]),
                   ("checkpoint", ev.get("checkpoint")))
+
+
+def _audit_files(cfg: dict) -> dict[str, list[str]]:
+    """The evaluation sets' lists (as evaluation reads them)."""
+    return {k: v for k, v in _evaluate_files(cfg).items() if k == "dataset_lists"}
 
 
 def _labeled_files(cfg: dict) -> dict[str, list[str]]:
@@ -241,6 +246,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           outs={"report": f"{R}/reports/evaluate", "metrics": f"{METRICS}/evaluate.json"}, dirs=("report",),
           metrics=("metrics",), config_files=_evaluate_files,
           help="linear probe, retrieval and zero-shot attributes with baselines"),
+    # -- contamination audit --------------------------------------------------------------------------------
+    Stage("audit", "facecaption.audit:run",
+          deps={"pairs": f"{R}/captions/{ALL}.tar", "truth": f"{R}/collect/{ALL}.truth.parquet",
+                "test_images": f"{R}/labeled/test.tar", "test_labels": f"{R}/labeled/test.parquet",
+                "model": f"{R}/train/flip.pt"},  # FLIP's image encoder: the identity embedder's offline fallback
+          params=("seed", "audit", "evaluate", "labeled", "align", "faces"),
+          outs={"report": f"{R}/reports/audit", "metrics": f"{METRICS}/audit.json",
+                "contaminated": f"{R}/audit/contaminated.parquet"},
+          dirs=("report",), metrics=("metrics",), config_files=_audit_files,
+          help="contamination audit: near copies (pHash) and identities (face embeddings) of every test split in the pool"),
     # -- quality -------------------------------------------------------------------------------------------
     Stage("quality", "facecaption.quality:run", per_shard=True, params=("quality",),
           deps={"pairs": f"{R}/captions/{SHARD}.tar", "captions": f"{R}/captions/{SHARD}.parquet",

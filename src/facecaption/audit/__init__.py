@@ -1,0 +1,322 @@
+"""Stage audit: is any evaluation test face in the pre-training pool?
+
+Inputs: the caption shards (``results/captions/<shard>.tar``: the aligned crops FLIP trains on), the labeled set's
+test split (``results/labeled/test.{tar,parquet}``) and the test partition of every ``evaluate.datasets`` folder
+(read by :mod:`facecaption.core.evalsets`, as evaluation reads them). Two questions, per evaluation set:
+
+* **near copies**: a pool crop whose 64-bit pHash is within ``audit.hamming`` bits of a test image's (0 bits: an
+  exact copy);
+* **same identity**: a pool face whose embedding has cosine ≥ ``audit.cosine`` with a test face
+  (:func:`facecaption.audit.features.choose_embedder`: the faces stage's insightface recognition model when its
+  file is there, else FLIP's image encoder; the report says which). A set without identity labels is skipped here
+  with the reason recorded (the near-copy audit still runs).
+
+The pool is streamed shard by shard against one faiss index per test split (:mod:`facecaption.audit.search`).
+An unreadable test image is recorded with its reason and left out, never fatal.
+
+With planted contamination (``synthface.plant``, the truth in the collect truth's ``planted``/``planted_key``
+columns) the report measures the audit's recall and precision against that truth.
+
+Outputs: ``report`` (``results/reports/audit``: metrics, tables, the example-pair figure), ``metrics``
+(``results/metrics/audit.json``) and ``contaminated`` (``results/audit/contaminated.parquet``: one row per
+contaminated test item, ``dataset, key, near_copy, identity, hamming, cosine, pool_key``), from which evaluation
+could be recomputed without them (the next step; evaluation does not read it yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facecaption.audit import features as F
+from facecaption.audit import search as S
+from facecaption.core import evalsets
+from facecaption.core.config import StageConfig
+from facecaption.core.report import Report, setup_plotting
+from facecaption.core.shards import iter_samples, read_parquet, write_parquet
+from facecaption.core.stage import StageIO
+
+log = logging.getLogger(__name__)
+
+CONTAMINATED_COLUMNS = ["dataset", "key", "near_copy", "identity", "hamming", "cosine", "pool_key"]
+
+
+@dataclass
+class TestSet:
+    name: str
+    keys: list[str]
+    images: list  # PIL images (readable ones only)
+    identities: list  # per key ("" / -1 / None = unknown)
+    errors: list = field(default_factory=list)  # {"key", "reason"}
+    hashes: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    identity_skip: str = ""  # why the identity audit did not run on this set ("" = it ran)
+
+    @property
+    def has_identities(self) -> bool:
+        return bool(self.keys) and all(i not in evalsets.UNKNOWN_IDENTITY for i in self.identities)
+
+
+def _decode(name: str, keys: list[str], sources: list, identities: list, size: int, errors: list) -> TestSet:
+    ts = TestSet(name, [], [], [], errors)
+    for key, src, ident in zip(keys, sources, identities):
+        try:
+            im = F.open_rgb(src, size)
+        except Exception as exc:  # noqa: BLE001 - an unreadable test image: recorded, not fatal
+            errors.append({"key": key, "reason": f"unreadable_image: {type(exc).__name__}"})
+            continue
+        ts.keys.append(key)
+        ts.images.append(im)
+        ts.identities.append(ident)
+    return ts
+
+
+def read_test_sets(cfg: StageConfig, io: StageIO) -> list[TestSet]:
+    """The labeled set's test split and every ``evaluate.datasets`` test partition, decoded at ``align.size``."""
+    size = int(cfg["align"]["size"])
+    sets = []
+    tar, labels = io.one("test_images"), io.one("test_labels")
+    errors: list = []
+    df = read_parquet(labels)
+    images = {s["__key__"]: s.get("jpg") for s in iter_samples(tar, errors)}
+    for e in errors:
+        e["reason"] = f"unreadable_tar: {e['reason']}"
+    keys = df["key"].tolist()
+    idents = df["identity"].tolist() if "identity" in df else [""] * len(df)
+    present = [k in images and images[k] is not None for k in keys]
+    errors += [{"key": k, "reason": "missing_from_tar"} for k, ok in zip(keys, present) if not ok]
+    sets.append(_decode(evalsets.labeled_set_name(cfg), [k for k, ok in zip(keys, present) if ok],
+                        [images[k] for k, ok in zip(keys, present) if ok],
+                        [i for i, ok in zip(idents, present) if ok], size, errors))
+    for spec in cfg["evaluate"].get("datasets") or []:
+        errors = []
+        ds = evalsets.read_dataset(spec, cfg["seed"], cfg["align"], errors=errors)
+        test = ds.splits["test"]
+        sets.append(_decode(ds.name, test.keys, test.sources, test.identities, size, errors))
+    return sets
+
+
+def planted_truth(truth_paths: list[str]) -> pd.DataFrame:
+    """Planted crawl images: ``image_key, planted, planted_key, identity`` (empty without a plant)."""
+    frames = []
+    for p in truth_paths:
+        if not Path(p).exists():
+            continue
+        t = read_parquet(p)
+        if "planted" in t.columns:
+            frames.append(t[t["planted"] != ""][["key", "planted", "planted_key", "identity"]])
+    if not frames:
+        return pd.DataFrame(columns=["image_key", "planted", "planted_key", "identity"])
+    return pd.concat(frames, ignore_index=True).rename(columns={"key": "image_key"})
+
+
+def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
+    """(keys, PIL crops) of the caption shards, ``batch`` at a time, shard by shard."""
+    for tar in tars:
+        errors: list = []
+        keys, ims = [], []
+        for s in iter_samples(tar, errors):
+            if "jpg" not in s:
+                continue
+            try:
+                ims.append(F.open_rgb(s["jpg"], size))
+                keys.append(s["__key__"])
+            except Exception as exc:  # noqa: BLE001
+                skipped.append({"key": s["__key__"], "reason": f"unreadable_image: {type(exc).__name__}"})
+            if len(keys) >= batch:
+                yield keys, ims
+                keys, ims = [], []
+        if keys:
+            yield keys, ims
+        skipped.extend(errors)
+
+
+def audit(cfg: StageConfig, io: StageIO) -> dict:
+    """The audit's findings as data (the report and the artifact are written from it)."""
+    au = cfg["audit"]
+    size = int(cfg["align"]["size"])
+    sets = read_test_sets(cfg, io)
+    kind, path, why = F.choose_embedder(au, cfg["faces"], io.inputs.get("model"))
+    embedder = F.Embedder(kind, path, au["batch"]) if kind else None
+    hindex, eindex, index_kind = {}, {}, {}
+    for ts in sets:
+        ts.hashes = np.stack([F.phash(im) for im in ts.images]) if ts.images else np.zeros((0, 8), np.uint8)
+        hindex[ts.name] = S.binary_index(ts.hashes)
+        if embedder is None:
+            ts.identity_skip = f"no embedder: {why}"
+        elif not ts.has_identities:
+            ts.identity_skip = "no identity labels in this set: same-identity overlap cannot be counted by identity"
+        else:
+            ts.embeddings = embedder(ts.images)
+            eindex[ts.name], index_kind[ts.name] = S.embedding_index(ts.embeddings, au["index"], au["ivf_above"],
+                                                                     au["nprobe"])
+        log.info("audit: %s: %d test images (%d unreadable)%s", ts.name, len(ts.keys), len(ts.errors),
+                 f"; identity audit skipped: {ts.identity_skip}" if ts.identity_skip else "")
+    near = defaultdict(list)  # set name -> [(pool key, test row, bits)]
+    same = defaultdict(list)  # set name -> [(pool key, test row, cosine)]
+    pool_n, skipped, examples = 0, [], {}
+    for keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
+        pool_n += len(keys)
+        hashes = np.stack([F.phash(im) for im in ims])
+        emb = embedder(ims) if embedder is not None and eindex else None
+        for ts in sets:
+            for q, t, d in S.hamming_pairs(hindex[ts.name], hashes, au["hamming"]):
+                near[ts.name].append((keys[q], t, d))
+                examples.setdefault((ts.name, keys[q]), (ims[q], t, f"{d} bits"))
+            if emb is not None and ts.name in eindex:
+                for q, t, c in S.cosine_pairs(eindex[ts.name], emb, au["cosine"]):
+                    same[ts.name].append((keys[q], t, c))
+                    examples.setdefault((ts.name, keys[q]), (ims[q], t, f"cos {c:.2f}"))
+    return {"sets": sets, "near": near, "same": same, "pool_n": pool_n, "pool_skipped": skipped,
+            "embedder": {"kind": kind, "name": embedder.name if embedder else None, "why": why},
+            "index": index_kind, "examples": examples}
+
+
+def _image_key(pool_key: str) -> str:
+    return pool_key.rsplit("_", 1)[0]  # <image key>_<face:02d>
+
+
+def score(found: dict, truth: pd.DataFrame, pool_keys_by_image: dict, labeled: TestSet) -> dict | None:
+    """Recall and precision of the audit on the labeled set against the planted truth (None without a plant)."""
+    if truth.empty:
+        return None
+    plant = {r.image_key: r for r in truth.itertuples()}
+    in_pool = {k: plant[_image_key(k)] for keys in pool_keys_by_image.values() for k in keys if _image_key(k) in plant}
+    out = {"planted_images": {k: int((truth["planted"] == k).sum()) for k in ("identity", "near_copy")},
+           "planted_in_pool": {k: sum(1 for p in in_pool.values() if p.planted == k) for k in ("identity", "near_copy")}}
+    # near copies: a pool crop is right when it matched the very test image it copies
+    flagged: dict[str, set] = defaultdict(set)
+    for pk, t, _ in found["near"].get(labeled.name, []):
+        flagged[pk].add(labeled.keys[t])
+    want = {k: p.planted_key for k, p in in_pool.items() if p.planted == "near_copy"}
+    hit = [k for k, key in want.items() if key in flagged.get(k, set())]
+    correct = [k for k, keys in flagged.items() if k in want and want[k] in keys]
+    out["near_copy"] = {"truth": len(want), "found": len(hit), "flagged": len(flagged),
+                        "recall": len(hit) / len(want) if want else None,
+                        "precision": len(correct) / len(flagged) if flagged else None}
+    # identities: every planted crop (identity plants and near copies) shows a test identity
+    if labeled.identity_skip:
+        out["identity"] = {"skipped": labeled.identity_skip}
+        return out
+    ident_of_row = labeled.identities
+    matched: dict[str, set] = defaultdict(set)
+    for pk, t, _ in found["same"].get(labeled.name, []):
+        matched[pk].add(ident_of_row[t])
+    want_id = {k: int(p.identity) for k, p in in_pool.items()}
+    hit = [k for k, i in want_id.items() if i in matched.get(k, set())]
+    correct = [k for k, ids in matched.items() if k in want_id and want_id[k] in ids]
+    out["identity"] = {"truth": len(want_id), "found": len(hit), "flagged": len(matched),
+                       "recall": len(hit) / len(want_id) if want_id else None,
+                       "precision": len(correct) / len(matched) if matched else None}
+    return out
+
+
+def contaminated(found: dict) -> pd.DataFrame:
+    rows = {}
+    for ts in found["sets"]:
+        for kind, pairs in (("near", found["near"].get(ts.name, [])), ("same", found["same"].get(ts.name, []))):
+            for pk, t, v in pairs:
+                r = rows.setdefault((ts.name, ts.keys[t]), {"dataset": ts.name, "key": ts.keys[t], "near_copy": False,
+                                                           "identity": False, "hamming": None, "cosine": None,
+                                                           "pool_key": pk})
+                if kind == "near":
+                    r["near_copy"] = True
+                    if r["hamming"] is None or v < r["hamming"]:
+                        r["hamming"], r["pool_key"] = int(v), pk
+                else:
+                    r["identity"] = True
+                    r["cosine"] = max(r["cosine"] or -1.0, float(v))
+    df = pd.DataFrame(list(rows.values()), columns=CONTAMINATED_COLUMNS)
+    df["hamming"] = df["hamming"].astype("Int64")
+    df["cosine"] = df["cosine"].astype("Float64")
+    return df.sort_values(["dataset", "key"], kind="stable").reset_index(drop=True)
+
+
+def _figure(rep: Report, found: dict, n: int) -> bool:
+    from PIL import Image, ImageDraw
+
+    items = sorted(found["examples"].items(), key=lambda kv: kv[0])[:n]
+    if not items:
+        return False
+    by_name = {ts.name: ts for ts in found["sets"]}
+    side = 112
+    grid = Image.new("RGB", (2 * side * min(4, len(items)), (side + 14) * ((len(items) + 3) // 4)), "white")
+    for i, ((name, pk), (im, t, label)) in enumerate(items):
+        x, y = (i % 4) * 2 * side, (i // 4) * (side + 14)
+        grid.paste(im.resize((side, side)), (x, y))
+        grid.paste(by_name[name].images[t].resize((side, side)), (x + side, y))
+        ImageDraw.Draw(grid).text((x + 2, y + side + 1), f"{label} | {by_name[name].keys[t]}"[:36], fill="black")
+    setup_plotting()
+    rep.image("pairs", grid)
+    return True
+
+
+def run(cfg: StageConfig, io: StageIO) -> int:
+    try:
+        found = audit(cfg, io)
+    except evalsets.EvaluateInputError as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    au = cfg["audit"]
+    # every pool key (for the truth: which planted crops reached the pool)
+    all_keys = defaultdict(list)
+    for tar in io.many("pairs"):
+        for s in iter_samples(tar):
+            if "jpg" in s:
+                all_keys[_image_key(s["__key__"])].append(s["__key__"])
+    truth = planted_truth(io.many("truth"))
+    labeled = found["sets"][0]
+    table = contaminated(found)
+    out = Path(io.outputs["contaminated"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, out)
+    rep = Report(io.outputs["report"], io.outputs["metrics"])
+    per_set, rows = {}, []
+    for ts in found["sets"]:
+        near = found["near"].get(ts.name, [])
+        same = found["same"].get(ts.name, [])
+        t_near = {t for _, t, _ in near}
+        t_exact = {t for _, t, d in near if d == 0}
+        t_same = {t for _, t, _ in same}
+        ids_same = {ts.identities[t] for t in t_same}
+        n_ids = len({i for i in ts.identities if i not in evalsets.UNKNOWN_IDENTITY})
+        per_set[ts.name] = {
+            "test_images": len(ts.keys), "unreadable": len(ts.errors),
+            "unreadable_examples": ts.errors[:5],
+            "near_copy": {"test_images": len(t_near), "exact": len(t_exact), "pool_crops": len({p for p, _, _ in near}),
+                          "share": len(t_near) / len(ts.keys) if ts.keys else None},
+            "identity": ({"skipped": ts.identity_skip} if ts.identity_skip else
+                         {"test_images": len(t_same), "test_identities": len(ids_same), "identities": n_ids,
+                          "pool_crops": len({p for p, _, _ in same}),
+                          "share": len(ids_same) / n_ids if n_ids else None,
+                          "index": found["index"].get(ts.name)}),
+        }
+        idn = per_set[ts.name]["identity"]
+        rows.append([ts.name, len(ts.keys), len(ts.errors), len(t_near), len(t_exact),
+                     "skipped" if ts.identity_skip else len(t_same),
+                     "skipped" if ts.identity_skip else f"{idn['test_identities']} / {idn['identities']}"])
+    rep.metric("pool_crops", found["pool_n"])
+    rep.metric("pool_unreadable", len(found["pool_skipped"]))
+    rep.metric("hamming", au["hamming"])
+    rep.metric("cosine", au["cosine"])
+    rep.metric("embedder", found["embedder"])
+    rep.metric("sets", per_set)
+    rep.metric("set_names", [ts.name for ts in found["sets"]])
+    rep.metric("contaminated_items", len(table))
+    truth_scores = score(found, truth, all_keys, labeled)
+    rep.metric("planted", truth_scores)
+    rep.table("overlap", ["set", "test images", "unreadable", "near copies", "exact", "same identity (images)",
+                          "identities in pool"], rows,
+              caption=f"Test items of each evaluation set found in the pre-training pool ({found['pool_n']:,} crops): "
+                      f"near copies (pHash within {au['hamming']} of 64 bits; exact = 0 bits) and the same identity "
+                      f"(cosine >= {au['cosine']}, {found['embedder']['name'] or 'no embedder'})")
+    rep.metric("figure", _figure(rep, found, au["examples"]))
+    rep.save()
+    log.info("audit: %d pool crops; %d contaminated test items; planted: %s", found["pool_n"], len(table), truth_scores)
+    return 0

@@ -54,12 +54,10 @@ def embedding_index(vectors: np.ndarray, kind: str = "auto", ivf_above: int = 1_
         index.add(x)
         return index, "flat"
     nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)  # owns its quantizer
     index.train(x)
     index.add(x)
-    index.nprobe = min(nprobe, nlist)
-    index._quantizer = quantizer  # keep it alive with the index
+    faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
     return index, "ivf"
 
 

@@ -61,14 +61,21 @@ def plan(seed: int, plant: dict | None, num_shards: int, images_per_shard: int) 
     return out
 
 
-def perturb(image: np.ndarray, rng: np.random.Generator, quality: int) -> bytes:
+def perturb(image: np.ndarray, rng: np.random.Generator, quality: int, face: dict | None = None) -> bytes:
     """A near copy: up to 6 % cropped from each side (resized back), brightness and contrast jittered by up to
-    8 %, a colour cast of up to 4 %, JPEG at ``quality`` minus 10-30."""
+    8 %, a colour cast of up to 4 %, JPEG at ``quality`` minus 10-30. ``face`` (box, landmarks): moved in place
+    to where the crop put them."""
     from PIL import Image
 
     h, w = image.shape[:2]
     l, t, r, b = (int(v) for v in rng.integers(0, max(2, int(0.06 * min(h, w))), 4))
     crop = Image.fromarray(image[t:h - b, l:w - r]).resize((w, h), Image.BICUBIC)
+    if face is not None:
+        sx, sy = w / (w - l - r), h / (h - t - b)
+        pts = np.asarray(face["landmarks"], np.float64).reshape(-1, 2)
+        face["landmarks"] = np.stack([(pts[:, 0] - l) * sx, (pts[:, 1] - t) * sy], 1)
+        x0, y0, x1, y1 = (float(v) for v in face["box"])
+        face["box"] = [(x0 - l) * sx, (y0 - t) * sy, (x1 - l) * sx, (y1 - t) * sy]
     x = np.asarray(crop).astype(np.float32)
     x = (x - 128.0) * float(rng.uniform(0.92, 1.08)) + 128.0 + float(rng.uniform(-0.08, 0.08)) * 255
     x = x * rng.uniform(0.96, 1.04, 3).astype(np.float32)
@@ -91,6 +98,5 @@ def render_plant(seed: int, spec: dict, shard_no: int, idx: int, sf: dict):
                                     identities=[identity])
         return encode_jpeg(image, quality=sf["jpeg_quality"]), image.shape, faces, [identity_id]
     image, face = render_labeled(seed, identity_id, 0, sf["image_size"])
-    jpg = perturb(image, rng, sf["jpeg_quality"])
-    # the crop moved the face a little: the truth box stays the rendered one (the audit matches by image key)
+    jpg = perturb(image, rng, sf["jpeg_quality"], face)  # the truth's box and landmarks follow the crop
     return jpg, image.shape, [face], [identity_id]

@@ -1,0 +1,227 @@
+"""The contamination audit (stage audit): planted near copies and identities are found with known recall and
+precision, the thresholds behave, a set without identities is skipped with its reason, an unreadable test image is
+recorded. A tiny constructed case: the collect and labeled stages as they are (synthface.plant on), and caption
+shards built from the truth (each face aligned by its true landmarks), so no detector or FLIP has to run; the
+identity embedder is an oracle (one-hot of the true identity), whose misses the test chooses."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import run_stage, tiny_config
+from facecaption.audit import features as F
+from facecaption.audit import search as S
+from facecaption.core.align import align
+from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet
+
+PLANT = {"identities": 3, "near_copies": 3}
+
+
+def _cfg(**over):
+    base = {"synthface": {"num_shards": 1, "images_per_shard": 24, "plant": PLANT},
+            "labeled": {"identities": {"train": 2, "val": 2, "test": 8}, "images_per_identity": 2},
+            "align": {"size": 64}}
+    return tiny_config(**_merge(base, over))
+
+
+def _merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
+
+
+def _captions_from_truth(cfg, shard="00000"):
+    """results/captions/<shard>.tar: every true face of the crawl, aligned by its true landmarks."""
+    truth = read_parquet(f"results/collect/{shard}.truth.parquet")
+    size, scale = cfg["align"]["size"], cfg["align"]["scale"]
+    with ShardWriter(f"results/captions/{shard}.tar") as w:
+        for s in iter_samples(f"results/collect/{shard}.tar"):
+            rgb = np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("RGB"))
+            for r in truth[truth["key"] == s["__key__"]].itertuples():
+                crop, _ = align(rgb, np.asarray(r.landmarks).reshape(5, 2), size, scale)
+                w.write({"__key__": f"{r.key}_{r.face:02d}", "jpg": encode_jpeg(crop), "txt": "a face"})
+    return truth
+
+
+def _digest(im):
+    return hashlib.sha256(im.tobytes()).hexdigest()
+
+
+class Oracle:
+    """One-hot of the true identity of each image (looked up by its pixels); ``wrong``: pool crops given another."""
+
+    identity_of: dict = {}
+
+    def __init__(self, kind, path, batch=256):
+        self.name = "oracle"
+
+    def __call__(self, images):
+        slot = {i: n for n, i in enumerate(sorted(set(self.identity_of.values())))}
+        out = np.zeros((len(images), len(slot) + 1), np.float32)
+        for i, im in enumerate(images):
+            out[i, slot.get(self.identity_of.get(_digest(im)), len(slot))] = 1.0
+        return out
+
+
+@pytest.fixture
+def planted(workdir, monkeypatch):
+    cfg = _cfg()
+    assert run_stage("collect", cfg, "00000") == 0
+    assert run_stage("labeled", cfg) == 0
+    truth = _captions_from_truth(cfg)
+    size = cfg["align"]["size"]
+    ident = {}
+    for s in iter_samples("results/captions/00000.tar"):
+        key, face = s["__key__"].rsplit("_", 1)
+        row = truth[(truth["key"] == key) & (truth["face"] == int(face))].iloc[0]
+        ident[_digest(F.open_rgb(s["jpg"], size))] = int(row["identity"])
+    labels = read_parquet("results/labeled/test.parquet")
+    images = {s["__key__"]: s["jpg"] for s in iter_samples("results/labeled/test.tar")}
+    for k, i in zip(labels["key"], labels["identity"]):
+        ident[_digest(F.open_rgb(images[k], size))] = int(i)
+    Oracle.identity_of = ident
+    monkeypatch.setattr(F, "Embedder", Oracle)
+    monkeypatch.setattr(F, "choose_embedder", lambda au, faces, flip: ("oracle", None, "test oracle"))
+    return cfg, truth
+
+
+def _metrics():
+    return json.loads(open("results/reports/audit/metrics.json").read())
+
+
+def _expected_near(cfg, truth, h):
+    """The near-copy scores by brute force (no faiss): every pool crop against every test image."""
+    size = cfg["align"]["size"]
+    test = {s["__key__"]: F.phash(F.open_rgb(s["jpg"], size)) for s in iter_samples("results/labeled/test.tar")}
+    source = {r.key: r.planted_key for r in truth.itertuples() if r.planted == "near_copy"}
+    flagged = found = 0
+    for s in iter_samples("results/captions/00000.tar"):
+        hp = F.phash(F.open_rgb(s["jpg"], size))
+        near = {k for k, t in test.items() if F.hamming(hp, t) <= h}
+        key = source.get(s["__key__"].rsplit("_", 1)[0])
+        flagged += bool(near)
+        found += key in near
+    return {"truth": len(source), "found": found, "flagged": flagged}
+
+
+def test_planted_near_copies_and_identities_are_found(planted):
+    cfg, truth = planted
+    assert set(truth["planted"]) == {"", "identity", "near_copy"}
+    assert run_stage("audit", cfg) == 0
+    m = _metrics()
+    p = m["planted"]
+    assert p["planted_images"] == {"identity": 3, "near_copy": 3}
+    assert p["planted_in_pool"] == {"identity": 3, "near_copy": 3}
+    want = _expected_near(cfg, truth, cfg["audit"]["hamming"])
+    assert {k: p["near_copy"][k] for k in want} == want
+    assert p["near_copy"]["found"] >= 2  # pHash of 64 px synthetic crops: near copies at 4-14 bits, others from 10
+    assert p["near_copy"]["recall"] == pytest.approx(want["found"] / 3, rel=1e-5)
+    assert p["identity"]["recall"] == 1.0 and p["identity"]["precision"] == 1.0
+    table = pd.read_parquet("results/audit/contaminated.parquet")
+    near = set(table.loc[table["near_copy"], "key"])
+    assert near <= set(truth.loc[truth["planted"] == "near_copy", "planted_key"]) | set(table["key"])
+    # identity: every image of the 6 planted test identities (2 each) is contaminated
+    assert table["identity"].sum() == 12
+    assert m["sets"]["synthface"]["identity"]["test_identities"] == 6
+    assert m["figure"] is True
+
+
+def test_known_misses_give_known_recall(planted, monkeypatch):
+    cfg, truth = planted
+    first = truth[truth["planted"] == "identity"].iloc[0]
+    # the oracle mistakes one planted identity crop for nobody: recall 5/6, precision still 1
+    for d, i in list(Oracle.identity_of.items()):
+        if i == int(first["identity"]) and d not in _test_digests(cfg):
+            Oracle.identity_of[d] = -5
+    assert run_stage("audit", cfg) == 0
+    p = _metrics()["planted"]["identity"]
+    assert (p["found"], p["truth"], p["flagged"]) == (5, 6, 5)
+    assert p["recall"] == pytest.approx(5 / 6) and p["precision"] == 1.0
+
+
+def _test_digests(cfg):
+    return {_digest(F.open_rgb(s["jpg"], cfg["align"]["size"])) for s in iter_samples("results/labeled/test.tar")}
+
+
+def test_hamming_threshold(planted):
+    cfg, truth = planted
+    for h in (0, 6, 63):
+        assert run_stage("audit", _merge(cfg, {"audit": {"hamming": h}})) == 0
+        got = _metrics()["planted"]["near_copy"]
+        assert {k: got[k] for k in ("truth", "found", "flagged")} == _expected_near(cfg, truth, h)
+    assert got["recall"] == 1.0 and got["flagged"] == _metrics()["pool_crops"]  # 63 bits: everything is a copy
+    assert got["precision"] == pytest.approx(3 / got["flagged"], rel=1e-5)
+
+
+def test_phash_and_search_thresholds():
+    from facecaption.synthface.plant import perturb, render_labeled
+
+    img, face = render_labeled(0, 30_000_001, 0, 256)
+    copy = Image.open(io.BytesIO(perturb(img, np.random.default_rng(1), 90))).convert("RGB")
+    crops = [Image.fromarray(align(np.asarray(x), face["landmarks"], 64, 0.6)[0]) for x in (img, copy)]
+    other, oface = render_labeled(0, 30_000_002, 0, 256)
+    crops.append(Image.fromarray(align(other, oface["landmarks"], 64, 0.6)[0]))
+    h = np.stack([F.phash(c) for c in crops])
+    index = S.binary_index(h[:1])
+    d_copy, d_other = F.hamming(h[0], h[1]), F.hamming(h[0], h[2])
+    assert d_copy < d_other
+    assert S.hamming_pairs(index, h, 0) == [(0, 0, 0)]
+    assert [q for q, _, _ in S.hamming_pairs(index, h, d_copy)] == [0, 1]
+    e = np.eye(3, dtype=np.float32)
+    q = np.array([[1, 0, 0], [0.8, 0.6, 0]], np.float32)
+    flat, kind = S.embedding_index(e)
+    assert kind == "flat"
+    assert [(a, b) for a, b, _ in S.cosine_pairs(flat, q, 0.9)] == [(0, 0)]
+    assert [(a, b) for a, b, _ in S.cosine_pairs(flat, q, 0.8)] == [(0, 0), (1, 0)]
+
+
+def test_ivf_index_finds_the_same_pairs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ivf, kind = S.embedding_index(x, "auto", ivf_above=1000, nprobe=256)
+    assert kind == "ivf"
+    flat, _ = S.embedding_index(x, "flat")
+    q = x[:50] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    assert sorted(S.cosine_pairs(ivf, q, 0.9))[:5] == sorted(S.cosine_pairs(flat, q, 0.9))[:5]
+
+
+def _csv_set(root, unreadable: bool):
+    """A CSV evaluation set without identities: two labeled test crops copied (one exact), maybe a broken file."""
+    root.mkdir(parents=True)
+    rows = ["image,split,Smiling"]
+    images = {s["__key__"]: s["jpg"] for s in iter_samples("results/labeled/test.tar")}
+    for i, (k, jpg) in enumerate(sorted(images.items())[:3]):
+        (root / f"{k}.jpg").write_bytes(jpg)
+        rows.append(f"{k}.jpg,{['train', 'val', 'test'][i]},1")
+    for k, jpg in sorted(images.items())[3:6]:
+        (root / f"t_{k}.jpg").write_bytes(jpg)
+        rows.append(f"t_{k}.jpg,test,-1")
+    if unreadable:
+        (root / "broken.jpg").write_bytes(b"<html>not an image</html>")
+        rows.append("broken.jpg,test,1")
+    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_set_without_identities_is_skipped_and_an_unreadable_image_recorded(planted, workdir):
+    cfg, _ = planted
+    _csv_set(workdir / "data" / "extra", unreadable=True)
+    cfg = _merge(cfg, {"evaluate": {"datasets": [{"name": "extra", "format": "csv", "path": "data/extra"}]}})
+    assert run_stage("audit", cfg) == 0
+    m = _metrics()["sets"]["extra"]
+    assert m["identity"]["skipped"].startswith("no identity labels")
+    assert m["unreadable"] == 1 and m["unreadable_examples"][0]["key"] == "broken.jpg"
+    assert m["unreadable_examples"][0]["reason"].startswith("unreadable_image")
+    assert m["test_images"] == 4  # the third copied crop (split test) and the three t_ crops
+    assert m["near_copy"]["exact"] == 0  # the labeled test crops are not in the pool
+    # the synthface set still has its identity audit
+    assert "skipped" not in _metrics()["sets"]["synthface"]["identity"]

@@ -250,6 +250,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("audit", "facecaption.audit:run",
           deps={"pairs": f"{R}/captions/{ALL}.tar", "truth": f"{R}/collect/{ALL}.truth.parquet",
                 "test_images": f"{R}/labeled/test.tar", "test_labels": f"{R}/labeled/test.parquet",
+                # the labeled training split's identities set the identity threshold (audit.cosine: auto)
+                "train_images": f"{R}/labeled/train.tar", "train_labels": f"{R}/labeled/train.parquet",
                 "model": f"{R}/train/flip.pt"},  # FLIP's image encoder: the identity embedder's offline fallback
           params=("seed", "audit", "evaluate", "labeled", "align", "faces"),
           outs={"report": f"{R}/reports/audit", "metrics": f"{METRICS}/audit.json",

@@ -44,7 +44,7 @@ from facecaption.core.stage import StageIO
 
 log = logging.getLogger(__name__)
 
-CONTAMINATED_COLUMNS = ["dataset", "key", "near_copy", "identity", "hamming", "cosine", "pool_key"]
+CONTAMINATED_COLUMNS = ["dataset", "key", "near_copy", "identity", "hamming", "inliers", "cosine", "pool_key"]
 
 
 @dataclass
@@ -55,6 +55,8 @@ class TestSet:
     identities: list  # per key ("" / -1 / None = unknown)
     errors: list = field(default_factory=list)  # {"key", "reason"}
     hashes: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
+    keypoints: list | None = None
     embeddings: np.ndarray | None = None
     identity_skip: str = ""  # why the identity audit did not run on this set ("" = it ran)
 
@@ -137,6 +139,43 @@ def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
         skipped.extend(errors)
 
 
+def calibrate(embedder, io: StageIO, au: dict, seed: int, size: int, test_size: int) -> tuple[float, dict]:
+    """(cosine threshold, what set it): ``audit.cosine`` when it is a number; for ``auto``, the cosine that
+    pairs of different identities of the labeled training split (at most ``calibration_images`` images, a seeded
+    sample) exceed at the rate ``false_match_rate / test_size``: a pool crop is compared with every face of a test
+    split (``test_size``: the largest), so for a share ``false_match_rate`` of pool crops to match someone they are
+    not, each pair may match at that share divided by the test faces. Reported with the share of same-identity
+    pairs it accepts (the true-match rate)."""
+    if au["cosine"] != "auto":
+        return float(au["cosine"]), {"rule": "audit.cosine", "threshold": float(au["cosine"])}
+    from facecaption.core import rng as rngmod
+
+    df = read_parquet(io.one("train_labels"))
+    if "identity" not in df or df["identity"].isin(evalsets.UNKNOWN_IDENTITY).any():
+        raise evalsets.EvaluateInputError("audit.cosine: auto needs identities in the labeled training split; "
+                                          "set audit.cosine to a number")
+    n = min(len(df), int(au["calibration_images"]))
+    pick = np.sort(rngmod.stream(seed, "audit/calibration").choice(len(df), n, replace=False))
+    want = set(df["key"].iloc[pick])
+    images = {s["__key__"]: s["jpg"] for s in iter_samples(io.one("train_images")) if s["__key__"] in want}
+    rows = [r for r in df.iloc[pick].itertuples() if r.key in images]
+    emb = embedder([F.open_rgb(images[r.key], size) for r in rows])
+    ident = np.array([r.identity for r in rows])
+    sims = emb @ emb.T
+    upper = np.triu(np.ones(sims.shape, bool), 1)
+    same = upper & (ident[:, None] == ident[None, :])
+    diff = upper & ~same
+    pair_rate = au["false_match_rate"] / max(test_size, 1)
+    q = float(np.quantile(sims[diff], 1.0 - pair_rate)) if diff.any() else 1.0
+    threshold = float(np.nextafter(np.float32(q), np.float32(2)))  # above the quantile: ties do not match
+    return threshold, {"rule": f"auto: a share {au['false_match_rate']} of pool crops may match another identity "
+                               f"among {test_size} test faces (pairs: {pair_rate:.2g}), on the labeled training split",
+                       "threshold": threshold, "pair_false_match_rate": pair_rate, "images": len(rows), "identities": int(len(set(ident.tolist()))),
+                       "different_pairs": int(diff.sum()), "same_pairs": int(same.sum()),
+                       "pair_false_matches": float((sims[diff] >= threshold).mean()) if diff.any() else None,
+                       "true_match_rate": float((sims[same] >= threshold).mean()) if same.any() else None}
+
+
 def audit(cfg: StageConfig, io: StageIO) -> dict:
     """The audit's findings as data (the report and the artifact are written from it)."""
     au = cfg["audit"]
@@ -144,10 +183,16 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     sets = read_test_sets(cfg, io)
     kind, path, why = F.choose_embedder(au, cfg["faces"], io.inputs.get("model"))
     embedder = F.Embedder(kind, path, au["batch"]) if kind else None
-    hindex, eindex, index_kind = {}, {}, {}
+    test_size = max((len(ts.keys) for ts in sets), default=1)
+    cosine, calibration = calibrate(embedder, io, au, cfg["seed"], size, test_size) if embedder else (None, None)
+    kp = F.Keypoints()
+    hindex, tindex, eindex, index_kind = {}, {}, {}, {}
     for ts in sets:
         ts.hashes = np.stack([F.phash(im) for im in ts.images]) if ts.images else np.zeros((0, 8), np.uint8)
         hindex[ts.name] = S.binary_index(ts.hashes)
+        ts.thumbs = np.stack([F.thumb(im) for im in ts.images]) if ts.images else np.zeros((0, 192), np.float32)
+        tindex[ts.name] = S.embedding_index(ts.thumbs, "flat")[0]
+        ts.keypoints = [kp.describe(im) for im in ts.images]
         if embedder is None:
             ts.identity_skip = f"no embedder: {why}"
         elif not ts.has_identities:
@@ -158,23 +203,40 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
                                                                      au["nprobe"])
         log.info("audit: %s: %d test images (%d unreadable)%s", ts.name, len(ts.keys), len(ts.errors),
                  f"; identity audit skipped: {ts.identity_skip}" if ts.identity_skip else "")
-    near = defaultdict(list)  # set name -> [(pool key, test row, bits)]
+    near = defaultdict(list)  # set name -> [(pool key, test row, pHash bits, keypoint inliers)]
     same = defaultdict(list)  # set name -> [(pool key, test row, cosine)]
-    pool_n, skipped, examples = 0, [], {}
+    pool_n, skipped, examples, verified = 0, [], {}, 0
     for keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
         pool_n += len(keys)
         hashes = np.stack([F.phash(im) for im in ims])
+        thumbs = np.stack([F.thumb(im) for im in ims])
         emb = embedder(ims) if embedder is not None and eindex else None
+        described: dict[int, tuple] = {}
         for ts in sets:
+            found: dict[tuple[int, int], list] = {}
             for q, t, d in S.hamming_pairs(hindex[ts.name], hashes, au["hamming"]):
-                near[ts.name].append((keys[q], t, d))
-                examples.setdefault((ts.name, keys[q]), (ims[q], t, f"{d} bits"))
+                found[(q, t)] = [d, None]  # an exact copy
+            sims, rows = S.nearest(tindex[ts.name], thumbs, au["candidates"])
+            for q in range(len(keys)):
+                for sim, t in zip(sims[q], rows[q]):
+                    if t < 0 or sim < au["min_layout"]:
+                        continue
+                    if q not in described:
+                        described[q] = kp.describe(ims[q])
+                    n = kp.inliers(described[q], ts.keypoints[t])
+                    verified += 1
+                    if n >= au["min_inliers"] or (q, int(t)) in found:
+                        found.setdefault((q, int(t)), [F.hamming(hashes[q], ts.hashes[t]), None])[1] = n
+            for (q, t), (d, n) in sorted(found.items()):
+                near[ts.name].append((keys[q], t, d, n))
+                examples.setdefault((ts.name, keys[q]), (ims[q], t, f"{n} inliers" if n is not None else f"{d} bits"))
             if emb is not None and ts.name in eindex:
-                for q, t, c in S.cosine_pairs(eindex[ts.name], emb, au["cosine"]):
+                for q, t, c in S.cosine_pairs(eindex[ts.name], emb, cosine):
                     same[ts.name].append((keys[q], t, c))
                     examples.setdefault((ts.name, keys[q]), (ims[q], t, f"cos {c:.2f}"))
     return {"sets": sets, "near": near, "same": same, "pool_n": pool_n, "pool_skipped": skipped,
             "embedder": {"kind": kind, "name": embedder.name if embedder else None, "why": why},
+            "cosine": cosine, "calibration": calibration, "verified": verified,
             "index": index_kind, "examples": examples}
 
 
@@ -192,7 +254,7 @@ def score(found: dict, truth: pd.DataFrame, pool_keys_by_image: dict, labeled: T
            "planted_in_pool": {k: sum(1 for p in in_pool.values() if p.planted == k) for k in ("identity", "near_copy")}}
     # near copies: a pool crop is right when it matched the very test image it copies
     flagged: dict[str, set] = defaultdict(set)
-    for pk, t, _ in found["near"].get(labeled.name, []):
+    for pk, t, *_ in found["near"].get(labeled.name, []):
         flagged[pk].add(labeled.keys[t])
     want = {k: p.planted_key for k, p in in_pool.items() if p.planted == "near_copy"}
     hit = [k for k, key in want.items() if key in flagged.get(k, set())]
@@ -218,22 +280,29 @@ def score(found: dict, truth: pd.DataFrame, pool_keys_by_image: dict, labeled: T
 
 
 def contaminated(found: dict) -> pd.DataFrame:
+    """One row per contaminated test item: near copy and/or same identity, the closest pool crop's pHash bits and
+    keypoint inliers (for a near copy: the pair with the most inliers), the highest cosine."""
     rows = {}
     for ts in found["sets"]:
         for kind, pairs in (("near", found["near"].get(ts.name, [])), ("same", found["same"].get(ts.name, []))):
-            for pk, t, v in pairs:
+            for pk, t, *v in pairs:
                 r = rows.setdefault((ts.name, ts.keys[t]), {"dataset": ts.name, "key": ts.keys[t], "near_copy": False,
-                                                           "identity": False, "hamming": None, "cosine": None,
-                                                           "pool_key": pk})
+                                                           "identity": False, "hamming": None, "inliers": None,
+                                                           "cosine": None, "pool_key": pk})
                 if kind == "near":
+                    bits, inl = v
+                    score = (inl if inl is not None else 10_000, -bits)
+                    best = ((r["inliers"] if r["inliers"] is not None else 10_000, -r["hamming"])
+                            if r["near_copy"] else None)
+                    if best is None or score > best:
+                        r["hamming"], r["inliers"], r["pool_key"] = int(bits), inl, pk
                     r["near_copy"] = True
-                    if r["hamming"] is None or v < r["hamming"]:
-                        r["hamming"], r["pool_key"] = int(v), pk
                 else:
                     r["identity"] = True
-                    r["cosine"] = max(r["cosine"] or -1.0, float(v))
+                    r["cosine"] = max(r["cosine"] or -1.0, float(v[0]))
     df = pd.DataFrame(list(rows.values()), columns=CONTAMINATED_COLUMNS)
     df["hamming"] = df["hamming"].astype("Int64")
+    df["inliers"] = df["inliers"].astype("Int64")
     df["cosine"] = df["cosine"].astype("Float64")
     return df.sort_values(["dataset", "key"], kind="stable").reset_index(drop=True)
 
@@ -281,15 +350,15 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     for ts in found["sets"]:
         near = found["near"].get(ts.name, [])
         same = found["same"].get(ts.name, [])
-        t_near = {t for _, t, _ in near}
-        t_exact = {t for _, t, d in near if d == 0}
+        t_near = {t for _, t, *_ in near}
+        t_exact = {t for _, t, d, _ in near if d == 0}
         t_same = {t for _, t, _ in same}
         ids_same = {ts.identities[t] for t in t_same}
         n_ids = len({i for i in ts.identities if i not in evalsets.UNKNOWN_IDENTITY})
         per_set[ts.name] = {
             "test_images": len(ts.keys), "unreadable": len(ts.errors),
             "unreadable_examples": ts.errors[:5],
-            "near_copy": {"test_images": len(t_near), "exact": len(t_exact), "pool_crops": len({p for p, _, _ in near}),
+            "near_copy": {"test_images": len(t_near), "exact": len(t_exact), "pool_crops": len({p for p, *_ in near}),
                           "share": len(t_near) / len(ts.keys) if ts.keys else None},
             "identity": ({"skipped": ts.identity_skip} if ts.identity_skip else
                          {"test_images": len(t_same), "test_identities": len(ids_same), "identities": n_ids,
@@ -304,7 +373,12 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     rep.metric("pool_crops", found["pool_n"])
     rep.metric("pool_unreadable", len(found["pool_skipped"]))
     rep.metric("hamming", au["hamming"])
-    rep.metric("cosine", au["cosine"])
+    rep.metric("candidates", au["candidates"])
+    rep.metric("min_layout", au["min_layout"])
+    rep.metric("min_inliers", au["min_inliers"])
+    rep.metric("verified_pairs", found["verified"])
+    rep.metric("cosine", found["cosine"])
+    rep.metric("calibration", found["calibration"])
     rep.metric("embedder", found["embedder"])
     rep.metric("sets", per_set)
     rep.metric("set_names", [ts.name for ts in found["sets"]])
@@ -314,8 +388,11 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     rep.table("overlap", ["set", "test images", "unreadable", "near copies", "exact", "same identity (images)",
                           "identities in pool"], rows,
               caption=f"Test items of each evaluation set found in the pre-training pool ({found['pool_n']:,} crops): "
-                      f"near copies (pHash within {au['hamming']} of 64 bits; exact = 0 bits) and the same identity "
-                      f"(cosine >= {au['cosine']}, {found['embedder']['name'] or 'no embedder'})")
+                      f"near copies (the {au['candidates']} nearest by colour layout, verified by at least "
+                      f"{au['min_inliers']} agreeing keypoints, or a pHash within {au['hamming']} of 64 bits; exact = "
+                      "0 bits) and the same identity (cosine >= "
+                      f"{'n/a' if found['cosine'] is None else round(found['cosine'], 3)}, "
+                      f"{found['embedder']['name'] or 'no embedder'})")
     rep.metric("figure", _figure(rep, found, au["examples"]))
     rep.save()
     log.info("audit: %d pool crops; %d contaminated test items; planted: %s", found["pool_n"], len(table), truth_scores)

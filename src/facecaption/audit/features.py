@@ -1,7 +1,16 @@
-"""What the audit compares: perceptual hashes and face embeddings of aligned crops.
+"""What the audit compares: perceptual hashes, colour layouts, keypoints and face embeddings of aligned crops.
 
 * :func:`phash`: imagehash's 64-bit pHash (DCT of the 32×32 greyscale image) packed into 8 bytes, the layout of
-  faiss's binary indexes; near copies (a crop, a re-encode, a colour cast) keep most bits.
+  faiss's binary indexes: a copy of the same pixels keeps (nearly) every bit. It finds *exact* copies only: two
+  aligned crops of one photo, each aligned from its own detection, differ by a few pixels of shift, scale and
+  rotation, and that moves a pHash as far as another face's (measured on the embedded run: planted near copies
+  at 8-26 of 64 bits from their test image, unrelated crops from 6).
+* :func:`thumb`: the crop's colour layout (8×8 RGB, mean removed, L2-normalised): the *candidate* search for near
+  copies. A near copy's source is its nearest test image by this layout (all 12 planted near copies of the
+  embedded run), but unrelated faces can be as close, so candidates are verified:
+* :class:`Keypoints`: ORB keypoints matched between a pool crop and a candidate, kept when one similarity
+  transform (RANSAC) explains them: a near copy is the same picture under a small shift, scale, rotation, colour
+  change and re-encode, so hundreds of keypoints agree; another face does not.
 * :class:`Embedder`: L2-normalised face embeddings from an insightface recognition ONNX of the faces stage's
   model pack (ArcFace input: 112×112 RGB, (x - 127.5) / 127.5), or from FLIP's image encoder
   (:mod:`facecaption.core.openclip`), the offline fallback; ``name`` says which one ran.
@@ -43,6 +52,46 @@ def phash(im: Image.Image) -> np.ndarray:
 
     bits = imagehash.phash(im, hash_size=8).hash.ravel()
     return np.packbits(bits.astype(np.uint8))
+
+
+THUMB_SIDE = 8  # the colour layout: 8×8 RGB = 192 numbers
+
+
+def thumb(im: Image.Image) -> np.ndarray:
+    """The colour layout of a crop: 8×8 RGB, mean removed, L2-normalised (192 float32)."""
+    x = np.asarray(im.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR), np.float32).ravel()
+    x = x - x.mean()
+    return x / max(float(np.linalg.norm(x)), 1e-6)
+
+
+class Keypoints:
+    """ORB keypoints of a crop (resized to ``side``) and a geometric check between two crops' keypoints:
+    :meth:`inliers` counts the cross-checked matches that one similarity transform (RANSAC, 3 px) explains."""
+
+    def __init__(self, features: int = 500, side: int = 224):
+        import cv2
+
+        self.cv2, self.side = cv2, side
+        self.orb = cv2.ORB_create(nfeatures=features, edgeThreshold=8, patchSize=15, fastThreshold=10)
+        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+
+    def describe(self, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """(keypoint positions (n, 2) float32, descriptors (n, 32) uint8 or None)."""
+        grey = np.asarray(im.convert("L").resize((self.side, self.side), Image.BICUBIC))
+        kps, desc = self.orb.detectAndCompute(grey, None)
+        return np.float32([k.pt for k in kps]).reshape(-1, 2), desc
+
+    def inliers(self, a: tuple, b: tuple) -> int:
+        (pa, da), (pb, db) = a, b
+        if da is None or db is None or len(pa) < 4 or len(pb) < 4:
+            return 0
+        matches = self.matcher.match(da, db)
+        if len(matches) < 4:
+            return 0
+        src = pa[[m.queryIdx for m in matches]]
+        dst = pb[[m.trainIdx for m in matches]]
+        _, mask = self.cv2.estimateAffinePartial2D(src, dst, method=self.cv2.RANSAC, ransacReprojThreshold=3.0)
+        return int(mask.sum()) if mask is not None else 0
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> int:

@@ -69,3 +69,11 @@ def cosine_pairs(index, queries: np.ndarray, threshold: float) -> list[tuple[int
     lims, sims, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.float32), float(threshold) - 1e-6)
     return [(q, int(ids[j]), float(sims[j])) for q in range(len(queries)) for j in range(lims[q], lims[q + 1])
             if sims[j] >= threshold - 1e-6]
+
+
+def nearest(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indexed rows), each (n, min(k, ntotal)), best first; rows -1 where there are fewer."""
+    k = min(k, index.ntotal)
+    if not len(queries) or k == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -42,7 +42,7 @@ def example_grid(tar_path: str, truth: pd.DataFrame, n: int = 18, cols: int = 6,
     return grid
 
 
-TRUTH_META = ("key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny")
+TRUTH_META = ("key", "face", "x0", "y0", "x1", "y1", "landmarks", "identity", "degrade", "tiny", "planted", "planted_key")
 IMAGE_COLUMNS = ["key", "status", "width", "height", "caption", "downloaded"]
 
 

@@ -27,7 +27,7 @@ PLANT = {"identities": 3, "near_copies": 3}
 def _cfg(**over):
     base = {"synthface": {"num_shards": 1, "images_per_shard": 24, "plant": PLANT},
             "labeled": {"identities": {"train": 2, "val": 2, "test": 8}, "images_per_identity": 2},
-            "align": {"size": 64}}
+            "align": {"size": 64}, "audit": {"cosine": 0.5}}  # the oracle's one-hot embeddings: 1 or 0
     return tiny_config(**_merge(base, over))
 
 
@@ -97,15 +97,25 @@ def _metrics():
     return json.loads(open("results/reports/audit/metrics.json").read())
 
 
-def _expected_near(cfg, truth, h):
-    """The near-copy scores by brute force (no faiss): every pool crop against every test image."""
-    size = cfg["align"]["size"]
-    test = {s["__key__"]: F.phash(F.open_rgb(s["jpg"], size)) for s in iter_samples("results/labeled/test.tar")}
+def _expected_near(cfg, truth, au=None):
+    """The near-copy scores by brute force (numpy, no faiss): every pool crop against its nearest test images by
+    colour layout, verified by keypoints, or within the pHash radius of any test image."""
+    au = {**cfg["audit"], **(au or {})}
+    size, kp = cfg["align"]["size"], F.Keypoints()
+    test = {s["__key__"]: F.open_rgb(s["jpg"], size) for s in iter_samples("results/labeled/test.tar")}
+    keys = list(test)
+    hashes = [F.phash(im) for im in test.values()]
+    thumbs = np.stack([F.thumb(im) for im in test.values()])
+    points = [kp.describe(im) for im in test.values()]
     source = {r.key: r.planted_key for r in truth.itertuples() if r.planted == "near_copy"}
     flagged = found = 0
     for s in iter_samples("results/captions/00000.tar"):
-        hp = F.phash(F.open_rgb(s["jpg"], size))
-        near = {k for k, t in test.items() if F.hamming(hp, t) <= h}
+        im = F.open_rgb(s["jpg"], size)
+        hp, sims = F.phash(im), thumbs @ F.thumb(im)
+        near = {keys[t] for t in range(len(keys)) if F.hamming(hp, hashes[t]) <= au["hamming"]}
+        mine = kp.describe(im)
+        near |= {keys[t] for t in np.argsort(-sims, kind="stable")[:au["candidates"]]
+                 if sims[t] >= au["min_layout"] and kp.inliers(mine, points[t]) >= au["min_inliers"]}
         key = source.get(s["__key__"].rsplit("_", 1)[0])
         flagged += bool(near)
         found += key in near
@@ -120,10 +130,9 @@ def test_planted_near_copies_and_identities_are_found(planted):
     p = m["planted"]
     assert p["planted_images"] == {"identity": 3, "near_copy": 3}
     assert p["planted_in_pool"] == {"identity": 3, "near_copy": 3}
-    want = _expected_near(cfg, truth, cfg["audit"]["hamming"])
+    want = _expected_near(cfg, truth)
     assert {k: p["near_copy"][k] for k in want} == want
-    assert p["near_copy"]["found"] >= 2  # pHash of 64 px synthetic crops: near copies at 4-14 bits, others from 10
-    assert p["near_copy"]["recall"] == pytest.approx(want["found"] / 3, rel=1e-5)
+    assert p["near_copy"]["found"] == 3 and p["near_copy"]["precision"] == 1.0
     assert p["identity"]["recall"] == 1.0 and p["identity"]["precision"] == 1.0
     table = pd.read_parquet("results/audit/contaminated.parquet")
     near = set(table.loc[table["near_copy"], "key"])
@@ -151,17 +160,37 @@ def _test_digests(cfg):
     return {_digest(F.open_rgb(s["jpg"], cfg["align"]["size"])) for s in iter_samples("results/labeled/test.tar")}
 
 
-def test_hamming_threshold(planted):
+def test_near_copy_thresholds(planted):
     cfg, truth = planted
-    for h in (0, 6, 63):
-        assert run_stage("audit", _merge(cfg, {"audit": {"hamming": h}})) == 0
+    for au in ({"min_inliers": 100_000}, {"min_inliers": 100_000, "hamming": 63}, {"candidates": 1, "min_layout": 0.99}):
+        assert run_stage("audit", _merge(cfg, {"audit": au})) == 0
         got = _metrics()["planted"]["near_copy"]
-        assert {k: got[k] for k in ("truth", "found", "flagged")} == _expected_near(cfg, truth, h)
-    assert got["recall"] == 1.0 and got["flagged"] == _metrics()["pool_crops"]  # 63 bits: everything is a copy
-    assert got["precision"] == pytest.approx(3 / got["flagged"], rel=1e-5)
+        assert {k: got[k] for k in ("truth", "found", "flagged")} == _expected_near(cfg, truth, au)
+        if au.get("hamming") == 63:  # every hash is within 63 bits: everything is a copy
+            assert got["recall"] == 1.0 and got["flagged"] == _metrics()["pool_crops"]
+            assert got["precision"] == pytest.approx(3 / got["flagged"], rel=1e-5)
+        else:  # nothing verified: the planted near copies are not exact copies
+            assert got["found"] == 0
 
 
-def test_phash_and_search_thresholds():
+def test_identity_threshold_calibrated_on_training_identities(planted):
+    """audit.cosine: auto - with the oracle, different identities never match (cosine 0) and the same always do
+    (1): the threshold lands just above 0 and finds every planted identity."""
+    cfg, truth = planted
+    size = cfg["align"]["size"]
+    labels = read_parquet("results/labeled/train.parquet")
+    images = {s["__key__"]: s["jpg"] for s in iter_samples("results/labeled/train.tar")}
+    for k, i in zip(labels["key"], labels["identity"]):
+        Oracle.identity_of[_digest(F.open_rgb(images[k], size))] = int(i)
+    assert run_stage("audit", _merge(cfg, {"audit": {"cosine": "auto"}})) == 0
+    m = _metrics()
+    assert 0 < m["calibration"]["threshold"] < 1e-3
+    assert m["calibration"]["true_match_rate"] == 1.0 and m["calibration"]["pair_false_matches"] == 0.0
+    assert m["calibration"]["images"] == len(labels)
+    assert m["planted"]["identity"]["recall"] == 1.0 and m["planted"]["identity"]["precision"] == 1.0
+
+
+def test_phash_keypoints_and_search_thresholds():
     from facecaption.synthface.plant import perturb, render_labeled
 
     img, face = render_labeled(0, 30_000_001, 0, 256)
@@ -175,6 +204,12 @@ def test_phash_and_search_thresholds():
     assert d_copy < d_other
     assert S.hamming_pairs(index, h, 0) == [(0, 0, 0)]
     assert [q for q, _, _ in S.hamming_pairs(index, h, d_copy)] == [0, 1]
+    kp = F.Keypoints()
+    pts = [kp.describe(c) for c in crops]
+    assert kp.inliers(pts[0], pts[1]) > 2 * kp.inliers(pts[0], pts[2])  # the copy: one geometry explains it
+    sims, rows = S.nearest(S.embedding_index(np.stack([F.thumb(c) for c in crops[1:]]), "flat")[0],
+                           F.thumb(crops[0])[None], 2)
+    assert rows[0].tolist() == [0, 1] and sims[0, 0] > sims[0, 1]
     e = np.eye(3, dtype=np.float32)
     q = np.array([[1, 0, 0], [0.8, 0.6, 0]], np.float32)
     flat, kind = S.embedding_index(e)

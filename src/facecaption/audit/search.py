@@ -65,10 +65,11 @@ def cosine_pairs(index, queries: np.ndarray, threshold: float) -> list[tuple[int
     """(query row, indexed row, cosine) for every pair with cosine >= ``threshold`` (L2-normalised vectors)."""
     if not len(queries) or index.ntotal == 0:
         return []
-    # faiss returns inner products > radius: a hair below the threshold, then filtered exactly
+    # faiss returns inner products > radius: a hair below the threshold, then filtered exactly (in float32)
     lims, sims, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.float32), float(threshold) - 1e-6)
+    t = np.float32(threshold)
     return [(q, int(ids[j]), float(sims[j])) for q in range(len(queries)) for j in range(lims[q], lims[q + 1])
-            if sims[j] >= threshold - 1e-6]
+            if sims[j] >= t]
 
 
 def nearest(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

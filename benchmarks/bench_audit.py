@@ -13,14 +13,12 @@ evaluation set against a 15M pool index would cost per query), flat and IVF (nli
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 POOL = 15_000_000
 

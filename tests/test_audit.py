@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_stage, tiny_config
 from PIL import Image
 
-from conftest import run_stage, tiny_config
 from facecaption.audit import features as F
 from facecaption.audit import search as S
 from facecaption.core.align import align

@@ -241,7 +241,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("evaluate", "facecaption.evaluate:run",
           deps={"model": f"{R}/train/flip.pt", "split": f"{R}/train/split.json", **_split("images"),
                 **_split("labels"), "pairs": f"{R}/captions/{ALL}.tar",
-                "attributes": f"{R}/attributes/{ALL}.parquet"},  # the held-out faces' labels: retrieval by slice
+                "attributes": f"{R}/attributes/{ALL}.parquet",  # the held-out faces' labels: retrieval by slice
+                "contaminated": f"{R}/audit/contaminated.parquet"},  # probe results also without flagged test items
           params=("seed", "train", "align", "evaluate"),
           outs={"report": f"{R}/reports/evaluate", "metrics": f"{METRICS}/evaluate.json"}, dirs=("report",),
           metrics=("metrics",), config_files=_evaluate_files,

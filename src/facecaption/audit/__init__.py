@@ -170,7 +170,9 @@ def calibrate(embedder, io: StageIO, au: dict, seed: int, size: int, test_size: 
     threshold = float(np.nextafter(np.float32(q), np.float32(2)))  # above the quantile: ties do not match
     return threshold, {"rule": f"auto: a share {au['false_match_rate']} of pool crops may match another identity "
                                f"among {test_size} test faces (pairs: {pair_rate:.2g}), on the labeled training split",
-                       "threshold": threshold, "pair_false_match_rate": pair_rate, "images": len(rows), "identities": int(len(set(ident.tolist()))),
+                       "threshold": threshold, "false_match_rate": au["false_match_rate"],
+                       "pair_false_match_rate": pair_rate, "images": len(rows),
+                       "identities": int(len(set(ident.tolist()))),
                        "different_pairs": int(diff.sum()), "same_pairs": int(same.sum()),
                        "pair_false_matches": float((sims[diff] >= threshold).mean()) if diff.any() else None,
                        "true_match_rate": float((sims[same] >= threshold).mean()) if same.any() else None}
@@ -206,9 +208,23 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     near = defaultdict(list)  # set name -> [(pool key, test row, pHash bits, keypoint inliers)]
     same = defaultdict(list)  # set name -> [(pool key, test row, cosine)]
     pool_n, skipped, examples, verified = 0, [], {}, 0
+    # why near copies are not found by pHash: each pool crop's distance to its nearest labeled test image (a
+    # histogram over the pool), and the planted near copies' distances to the very image they copy
+    planted = planted_truth(io.many("truth"))
+    copies = {r.image_key: r.planted_key for r in planted.itertuples() if r.planted == "near_copy"}
+    labeled_rows = {k: i for i, k in enumerate(sets[0].keys)}
+    nearest_bits, copy_bits = np.zeros(65, np.int64), []
     for keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
         pool_n += len(keys)
         hashes = np.stack([F.phash(im) for im in ims])
+        if sets[0].keys:
+            bits, _ = hindex[sets[0].name].search(hashes, 1)
+            for q, (d,) in enumerate(bits):
+                src = copies.get(_image_key(keys[q]))
+                if src is not None and src in labeled_rows:
+                    copy_bits.append(F.hamming(hashes[q], sets[0].hashes[labeled_rows[src]]))
+                else:
+                    nearest_bits[int(d)] += 1
         thumbs = np.stack([F.thumb(im) for im in ims])
         emb = embedder(ims) if embedder is not None and eindex else None
         described: dict[int, tuple] = {}
@@ -237,6 +253,7 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     return {"sets": sets, "near": near, "same": same, "pool_n": pool_n, "pool_skipped": skipped,
             "embedder": {"kind": kind, "name": embedder.name if embedder else None, "why": why},
             "cosine": cosine, "calibration": calibration, "verified": verified,
+            "phash": {"unrelated_nearest_bits": nearest_bits.tolist(), "near_copy_bits": sorted(copy_bits)},
             "index": index_kind, "examples": examples}
 
 
@@ -310,7 +327,8 @@ def contaminated(found: dict) -> pd.DataFrame:
 def _figure(rep: Report, found: dict, n: int) -> bool:
     from PIL import Image, ImageDraw
 
-    items = sorted(found["examples"].items(), key=lambda kv: kv[0])[:n]
+    # near copies first (the pairs a reader checks by eye), then same-identity matches
+    items = sorted(found["examples"].items(), key=lambda kv: (kv[1][2].startswith("cos"), kv[0]))[:n]
     if not items:
         return False
     by_name = {ts.name: ts for ts in found["sets"]}
@@ -378,6 +396,12 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     rep.metric("min_inliers", au["min_inliers"])
     rep.metric("verified_pairs", found["verified"])
     rep.metric("cosine", found["cosine"])
+    nb = found["phash"]["unrelated_nearest_bits"]
+    rep.metric("phash", {"unrelated_nearest_min": next((b for b, n in enumerate(nb) if n), None),
+                         "near_copy_min": min(found["phash"]["near_copy_bits"], default=None),
+                         "near_copy_max": max(found["phash"]["near_copy_bits"], default=None)})
+    pd.DataFrame({"bits": range(65), "pool_crops": nb}).to_csv(Path(io.outputs["report"]) / "phash_nearest.csv",
+                                                                index=False)
     rep.metric("calibration", found["calibration"])
     rep.metric("embedder", found["embedder"])
     rep.metric("sets", per_set)

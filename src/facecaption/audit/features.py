@@ -139,16 +139,17 @@ def choose_embedder(audit: dict, faces: dict, flip: str | None) -> tuple[str | N
     """(kind, path, why) of the identity embedder: audit.embedder, with auto = the insightface recognition model
     when its file is there, else FLIP's image encoder; kind None (and why) when there is none."""
     ins = (faces or {}).get("insightface") or {}
-    model = os.path.join(os.path.expanduser(str(ins.get("model_dir", "~/.insightface/models"))),
-                         str(ins.get("pack", "buffalo_l")), audit["recognition_model"])
+    shown = os.path.join(str(ins.get("model_dir", "~/.insightface/models")), str(ins.get("pack", "buffalo_l")),
+                         audit["recognition_model"])  # as configured: the report does not name this machine's home
+    model = os.path.expanduser(shown)
     want = audit["embedder"]
     if want == "none":
         return None, None, "audit.embedder: none"
     if want in ("auto", "insightface") and os.path.isfile(model):
-        return "insightface", model, f"{model} found"
+        return "insightface", model, f"{shown} found"
     if want == "insightface":
-        return None, None, f"audit.embedder: insightface, but {model} does not exist"
+        return None, None, f"audit.embedder: insightface, but {shown} does not exist"
     if flip and os.path.isfile(flip):
-        why = f"{model} not found: the offline fallback" if want == "auto" else "audit.embedder: flip"
+        why = f"{shown} not found: the offline fallback" if want == "auto" else "audit.embedder: flip"
         return "flip", flip, why
-    return None, None, f"no recognition model ({model}) and no FLIP checkpoint ({flip})"
+    return None, None, f"no recognition model ({shown}) and no FLIP checkpoint ({flip})"

@@ -188,6 +188,23 @@ def retrieval_slices(hits: dict, face_values: dict[str, np.ndarray], groups) -> 
     return out
 
 
+def read_contaminated(path: str | None, sets) -> dict[str, dict]:
+    """The audit's contaminated test items (``results/audit/contaminated.parquet``) per dataset: ``{name: {"mask":
+    bool per test row, "near_copy": n, "identity": n}}``; empty without the file (the audit is not in the run)."""
+    if not path or not Path(path).exists():
+        return {}
+    table = pd.read_parquet(path)
+    out = {}
+    for ds in sets:
+        rows = table[table["dataset"] == ds.name]
+        keys = ds.splits["test"].keys
+        flagged = set(rows["key"])
+        out[ds.name] = {"mask": np.array([k in flagged for k in keys], bool),
+                        "near_copy": int(rows["near_copy"].sum()), "identity": int(rows["identity"].sum()),
+                        "unknown_keys": len(flagged - set(keys))}
+    return out
+
+
 def read_face_labels(paths: list[str] | None, held_out: list[str], keys: list[str], groups) -> tuple[dict, str]:
     """The attribute stage's labels (1/0, -1 = not confident) of the held-out faces ``keys``, per slice group:
     ``({group key: (faces, len(group)) array}, reason)``; the reason says why there are none (the input was
@@ -225,9 +242,11 @@ def read_face_labels(paths: list[str] | None, held_out: list[str], keys: list[st
 
 
 # -- one model ---------------------------------------------------------------------------------------------
-def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict, face_values: dict | None = None) -> dict:
-    """One model on every set: probe runs (with slice accuracies), zero-shot, retrieval (with slices when
-    ``face_values``, the held-out faces' attribute labels per slice group, are given)."""
+def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict, face_values: dict | None = None,
+                   contaminated: dict | None = None) -> dict:
+    """One model on every set: probe runs (with slice accuracies, and the accuracy without the audit's
+    ``contaminated`` test rows), zero-shot, retrieval (with slices when ``face_values``, the held-out faces'
+    attribute labels per slice group, are given)."""
     ev, seed = cfg["evaluate"], cfg["seed"]
     groups = ev["slices"]
     pooled = ev["pooled_blocks"] if ev["probe_layers"] == "pooled" else 0
@@ -253,6 +272,7 @@ def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict
                              "edge_bottom": res["edge_bottom"],
                              "val_accuracy": res["val_accuracy"], "test_accuracy": res["test_accuracy"],
                              "slices": probe_slices(res["test_pred"], labels["test"], ds.attributes, groups),
+                             "clean_accuracy": _clean(res["test_pred"], labels["test"], (contaminated or {}).get(ds.name)),
                              "majority": P.majority(labels["train"][idx], labels["test"])})
         out["probe"][ds.name] = runs
         if ev["zero_shot"]:
@@ -279,6 +299,14 @@ def evaluate_model(enc: E.Encoder, sets: list[D.LabeledSet], captions, cfg: dict
     return out
 
 
+def _clean(pred: np.ndarray, truth: np.ndarray, drop: dict | None) -> np.ndarray | None:
+    """Per-attribute test accuracy without the contaminated rows (None when nothing is dropped)."""
+    if not drop or not drop["mask"].any() or drop["mask"].all():
+        return None
+    keep = ~drop["mask"]
+    return M.accuracy_per_column(pred[keep], truth[keep])
+
+
 # -- summaries, tables, figure ------------------------------------------------------------------------------
 def summarise(results: dict, sets: list[D.LabeledSet], cfg: dict) -> dict:
     probe, per_attr, zs, ret = {}, {}, {}, {}
@@ -298,6 +326,10 @@ def summarise(results: dict, sets: list[D.LabeledSet], cfg: dict) -> dict:
                     "wd_at_edge": any(r["at_edge"] for r in runs), "wd_edge_runs": sum(r["at_edge"] for r in runs),
                     "wd_edge_top": float(np.mean([r["edge_top"] for r in runs])),
                     "wd_edge_bottom": float(np.mean([r["edge_bottom"] for r in runs]))}
+                if runs[0].get("clean_accuracy") is not None:  # without the audit's contaminated test items
+                    clean = np.array([r["clean_accuracy"].mean() for r in runs]) * 100
+                    probe[ds.name][model][frac_label(f)]["clean"] = {"mean": float(clean.mean()),
+                                                                     "std": float(clean.std())}
                 if model == next(iter(results)):  # the majority answer depends on the labels only
                     maj = np.array([r["majority"].mean() for r in runs]) * 100
                     probe[ds.name].setdefault("majority class", {})[frac_label(f)] = {
@@ -469,6 +501,24 @@ def probe_table(s: dict, sets, fracs) -> tuple[list, list, list[int]]:
     return cols, rows, quoted
 
 
+def clean_table(s: dict, sets, contaminated: dict) -> tuple[list, list] | None:
+    """model, data, label share, test items (all / kept), accuracy on all, without the flagged ones, difference."""
+    rows = []
+    for ds in sets:
+        c = contaminated.get(ds.name)
+        if not c or not c["mask"].any():
+            continue
+        n, kept = len(c["mask"]), int((~c["mask"]).sum())
+        for model, by_frac in s["probe"][ds.name].items():
+            for frac, v in by_frac.items():
+                if "clean" in v:
+                    rows.append([model, ds.name, frac, f"{n} / {kept}", round(v["mean"], 2), round(v["clean"]["mean"], 2),
+                                 round(v["clean"]["mean"] - v["mean"], 2)])
+    if not rows:
+        return None
+    return ["model", "data", "labels (%)", "test items (all / kept)", "all", "without flagged", "difference"], rows
+
+
 def _decay(d: float) -> str:
     return f"{d:g}"
 
@@ -626,7 +676,7 @@ CHOICES = {
 
 
 def write_report(results: dict, sets, captions, split: splitmod.Split, cfg: dict, models, io: StageIO,
-                 retrieval_reason: str = "") -> None:
+                 retrieval_reason: str = "", contaminated: dict | None = None) -> None:
     from facecaption.core.report import Report  # noqa: PLC0415
 
     ev = cfg["evaluate"]
@@ -666,6 +716,17 @@ def write_report(results: dict, sets, captions, split: splitmod.Split, cfg: dict
                          f"{', '.join(_decay(d) for d in sorted(ev['weight_decays'], reverse=True))}: the median over "
                          "attributes (its range over runs), the share of attributes choosing the grid's largest and "
                          "smallest value, and whether the median choice was on an edge.")
+    report.metric("contamination", {
+        name: {"test": int(len(c["mask"])), "dropped": int(c["mask"].sum()), "near_copy": c["near_copy"],
+               "identity": c["identity"], "unknown_keys": c["unknown_keys"]} for name, c in (contaminated or {}).items()})
+    clean = clean_table(s, sets, contaminated or {})
+    report.metric("probe_clean_table", bool(clean))
+    if clean:
+        report.table("probe_clean", *clean,
+                     caption="Linear probe without the contamination audit's flagged test items (near copies or the "
+                             "same identity in the pre-training pool, results/audit/contaminated.parquet): mean test "
+                             "accuracy over attributes (%) on every test item and on the rest, at each label share; "
+                             "the probes are the same, only the test rows differ.")
     table = slices_table(sl, default)
     report.metric("slices_table", bool(table))
     if table:
@@ -726,17 +787,18 @@ def _run(cfg: StageConfig, io: StageIO) -> int:
         log.warning("evaluate: retrieval slices: %s", why)
     if not split.held_out:
         log.warning("evaluate: no retrieval: %s", split.note)
+    contaminated = read_contaminated(io.inputs.get("contaminated"), sets)
     log.info("evaluate: %d models, datasets %s, %d held-out captioned faces",
              len(models), ", ".join(f"{d.name} {d.sizes()}" for d in sets), len(captions[0]))
     results = {}
     for name, arch, ckpt in models:
         t = time.time()
         enc = E.load(name, arch, ckpt, ev["device"])
-        results[name] = evaluate_model(enc, sets, captions, cfg, face_values)
+        results[name] = evaluate_model(enc, sets, captions, cfg, face_values, contaminated)
         del enc
         gc.collect()
         log.info("evaluate: %s done in %.0f s", name, time.time() - t)
-    write_report(results, sets, captions, split, cfg, models, io, why)
+    write_report(results, sets, captions, split, cfg, models, io, why, contaminated)
     log.info("evaluate: finished in %.0f s", time.time() - t0)
     return 0
 

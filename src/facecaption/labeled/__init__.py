@@ -21,7 +21,6 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from facecaption.core import rng as rngmod
 from facecaption.core.align import align
 from facecaption.core.config import StageConfig
 from facecaption.core.shards import ShardWriter, encode_jpeg, write_parquet

@@ -68,14 +68,14 @@ def perturb(image: np.ndarray, rng: np.random.Generator, quality: int, face: dic
     from PIL import Image
 
     h, w = image.shape[:2]
-    l, t, r, b = (int(v) for v in rng.integers(0, max(2, int(0.06 * min(h, w))), 4))
-    crop = Image.fromarray(image[t:h - b, l:w - r]).resize((w, h), Image.BICUBIC)
+    left, t, r, b = (int(v) for v in rng.integers(0, max(2, int(0.06 * min(h, w))), 4))
+    crop = Image.fromarray(image[t:h - b, left:w - r]).resize((w, h), Image.BICUBIC)
     if face is not None:
-        sx, sy = w / (w - l - r), h / (h - t - b)
+        sx, sy = w / (w - left - r), h / (h - t - b)
         pts = np.asarray(face["landmarks"], np.float64).reshape(-1, 2)
-        face["landmarks"] = np.stack([(pts[:, 0] - l) * sx, (pts[:, 1] - t) * sy], 1)
+        face["landmarks"] = np.stack([(pts[:, 0] - left) * sx, (pts[:, 1] - t) * sy], 1)
         x0, y0, x1, y1 = (float(v) for v in face["box"])
-        face["box"] = [(x0 - l) * sx, (y0 - t) * sy, (x1 - l) * sx, (y1 - t) * sy]
+        face["box"] = [(x0 - left) * sx, (y0 - t) * sy, (x1 - left) * sx, (y1 - t) * sy]
     x = np.asarray(crop).astype(np.float32)
     x = (x - 128.0) * float(rng.uniform(0.92, 1.08)) + 128.0 + float(rng.uniform(-0.08, 0.08)) * 255
     x = x * rng.uniform(0.96, 1.04, 3).astype(np.float32)

@@ -260,3 +260,17 @@ def test_a_set_without_identities_is_skipped_and_an_unreadable_image_recorded(pl
     assert m["near_copy"]["exact"] == 0  # the labeled test crops are not in the pool
     # the synthface set still has its identity audit
     assert "skipped" not in _metrics()["sets"]["synthface"]["identity"]
+
+
+def test_no_training_identities_skips_the_identity_audit_with_its_reason(planted):
+    """CelebA without its identity file: the labeled split has no identities to set the threshold on; the
+    identity audit is skipped with the reason, the near-copy audit runs."""
+    cfg, _ = planted
+    labels = read_parquet("results/labeled/train.parquet")
+    labels["identity"] = -1
+    labels.to_parquet("results/labeled/train.parquet")
+    assert run_stage("audit", _merge(cfg, {"audit": {"cosine": "auto"}})) == 0
+    m = _metrics()
+    assert m["calibration"]["skipped"].startswith("the labeled training split has no identities")
+    assert m["sets"]["synthface"]["identity"]["skipped"].startswith("no identity threshold")
+    assert m["planted"]["near_copy"]["found"] == 3

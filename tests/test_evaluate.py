@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_stage, tiny_config
 from PIL import Image
@@ -630,3 +631,43 @@ def test_celeba_identity_file_is_checked(tmp_path):
     ds = D.read_dataset({"name": "CelebA", "format": "celeba", "path": str(root)})
     with pytest.raises(EvaluateInputError, match=r"^CelebA: splits train and test share 1 identity \(e.g. '1'\)$"):
         D.check_disjoint(ds)
+
+
+def test_probe_without_the_audits_contaminated_test_items(in_stage_dir, tmp_path):
+    """With the audit's contaminated list as an input, the probe is scored again on the test items that remain:
+    the same predictions, fewer rows (checked against the per-attribute accuracies the report writes)."""
+    import facecaption.evaluate as EV
+    from facecaption import workflow as W
+    from facecaption.audit import CONTAMINATED_COLUMNS
+    from facecaption.core.stage import StageIO
+
+    cfg = fc_config.validate(_fast(in_stage_dir, zero_shot=False, seeds=1, label_fractions=[1.0]))
+    keys = read_parquet("results/labeled/test.parquet")["key"].tolist()
+    flagged = keys[::4]
+    table = pd.DataFrame([{"dataset": "synthface", "key": k, "near_copy": i % 2 == 0, "identity": i % 2 == 1,
+                           "hamming": None, "inliers": None, "cosine": None, "pool_key": "00000_00000_00"}
+                          for i, k in enumerate(flagged)], columns=CONTAMINATED_COLUMNS)
+    table.to_parquet(tmp_path / "contaminated.parquet")
+    io = W.stage_io("evaluate", cfg, ["00000", "00001"])
+    out = {"report": str(tmp_path / "evaluate"), "metrics": str(tmp_path / "evaluate.json")}
+    inputs = {**io.inputs, "contaminated": str(tmp_path / "contaminated.parquet")}
+    assert EV.run(W.stage_config("evaluate", cfg), StageIO("evaluate", inputs, out, None, ["00000", "00001"])) == 0
+    m = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert m["contamination"]["synthface"] == {"test": len(keys), "dropped": len(flagged), "unknown_keys": 0,
+                                               "near_copy": (len(flagged) + 1) // 2, "identity": len(flagged) // 2}
+    rows = json.loads((tmp_path / "evaluate" / "tables" / "probe_clean.json").read_text())["rows"]
+    assert {r[0] for r in rows} == {"FLIP", "random init"}
+    assert all(r[3] == f"{len(keys)} / {len(keys) - len(flagged)}" for r in rows)
+    for r in rows:  # "all" is the probe table's number; the difference is what it says
+        assert r[4] == round(m["probe"]["synthface"][r[0]]["100"]["mean"], 2)
+        assert r[6] == round(m["probe"]["synthface"][r[0]]["100"]["clean"]["mean"] - m["probe"]["synthface"][r[0]]["100"]["mean"], 2)
+    # the clean score, recomputed by hand from the same predictions
+    pred = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    truth = np.array([[0, 1], [0, 1], [0, 1], [1, 1]])
+    drop = {"mask": np.array([False, True, False, False])}
+    assert EV._clean(pred, truth, drop).tolist() == [1.0, 1 / 3]  # rows 0, 2, 3
+    assert EV._clean(pred, truth, {"mask": np.zeros(4, bool)}) is None
+    # without the list (no audit in the run): no clean table
+    assert EV.run(W.stage_config("evaluate", cfg), StageIO("evaluate", io.inputs | {"contaminated": str(tmp_path / "none")},
+                                                           out, None, ["00000", "00001"])) == 0
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["probe_clean_table"] is False

@@ -151,9 +151,9 @@ def calibrate(embedder, io: StageIO, au: dict, seed: int, size: int, test_size: 
     from facecaption.core import rng as rngmod
 
     df = read_parquet(io.one("train_labels"))
-    if "identity" not in df or df["identity"].isin(evalsets.UNKNOWN_IDENTITY).any():
-        raise evalsets.EvaluateInputError("audit.cosine: auto needs identities in the labeled training split; "
-                                          "set audit.cosine to a number")
+    if "identity" not in df or df["identity"].isin(evalsets.UNKNOWN_IDENTITY).any() or df["identity"].nunique() < 2:
+        return None, {"rule": "audit.cosine: auto", "skipped": "the labeled training split has no identities to set "
+                      "the threshold on (CelebA without identity_CelebA.txt?): set audit.cosine to a number"}
     n = min(len(df), int(au["calibration_images"]))
     pick = np.sort(rngmod.stream(seed, "audit/calibration").choice(len(df), n, replace=False))
     want = set(df["key"].iloc[pick])
@@ -197,6 +197,8 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
         ts.keypoints = [kp.describe(im) for im in ts.images]
         if embedder is None:
             ts.identity_skip = f"no embedder: {why}"
+        elif cosine is None:
+            ts.identity_skip = f"no identity threshold: {calibration['skipped']}"
         elif not ts.has_identities:
             ts.identity_skip = "no identity labels in this set: same-identity overlap cannot be counted by identity"
         else:
@@ -226,7 +228,7 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
                 else:
                     nearest_bits[int(d)] += 1
         thumbs = np.stack([F.thumb(im) for im in ims])
-        emb = embedder(ims) if embedder is not None and eindex else None
+        emb = embedder(ims) if embedder is not None and cosine is not None and eindex else None
         described: dict[int, tuple] = {}
         for ts in sets:
             found: dict[tuple[int, int], list] = {}

@@ -274,3 +274,42 @@ def test_no_training_identities_skips_the_identity_audit_with_its_reason(planted
     assert m["calibration"]["skipped"].startswith("the labeled training split has no identities")
     assert m["sets"]["synthface"]["identity"]["skipped"].startswith("no identity threshold")
     assert m["planted"]["near_copy"]["found"] == 3
+
+
+def test_training_leaves_out_the_flagged_crops(planted):
+    """train.exclude_contaminated: the audit's flagged pool crops are skipped by the training stream and counted as
+    "contaminated"; the others all arrive. The DAG: training then waits for the audit, whose embedder is no longer
+    this run's FLIP; a config asking FLIP for identities then stops with one line naming the key."""
+    from facecaption import workflow as W
+    from facecaption.core import config as fc_config
+    from facecaption.train import excluded_keys
+    from facecaption.train.data import SKIP_REASONS, CaptionStream
+
+    cfg, truth = planted
+    assert run_stage("audit", cfg) == 0
+    pool = pd.read_parquet("results/audit/pool.parquet")
+    near = set(pool.loc[pool["near_copy"], "key"])
+    assert len(near) == 3 and {k.rsplit("_", 1)[0] for k in near} == set(truth.loc[truth["planted"] == "near_copy", "key"])
+    assert excluded_keys("results/audit/pool.parquet", "near_copy") == near
+    assert excluded_keys("results/audit/pool.parquet", "any") == set(pool["key"])
+    assert excluded_keys("results/audit/pool.parquet", "none") == frozenset()
+    every = [s["__key__"] for s in iter_samples("results/captions/00000.tar")]
+    ds = CaptionStream(["results/captions/00000.tar"], tokenizer=list, image_size=32, batch_size=1, seed=0,
+                       train=False, exclude=frozenset(near))
+    seen, skipped = [], np.zeros(len(SKIP_REASONS), np.int64)
+    for _, _, sk, keys in ds:
+        seen += keys
+        skipped += sk.numpy()
+    assert sorted(seen) == sorted(set(every) - near)
+    assert skipped[SKIP_REASONS.index("contaminated")] == len(near)
+
+    shards = ["00000"]
+    assert "contaminated_pool" not in W.stage_inputs("train", cfg, shards)
+    assert W.stage_inputs("audit", cfg, shards)["model"] == ["results/train/flip.pt"]
+    excl = fc_config.validate(_merge(cfg, {"train": {"exclude_contaminated": "near_copy"}}))
+    assert W.stage_inputs("train", excl, shards)["contaminated_pool"] == ["results/audit/pool.parquet"]
+    assert "model" not in W.stage_inputs("audit", excl, shards)  # no cycle: the audit does not wait for training
+    with_ckpt = fc_config.validate(_merge(excl, {"audit": {"checkpoint": "old/flip.pt"}}))
+    assert W.stage_inputs("audit", with_ckpt, shards)["model"] == ["old/flip.pt"]
+    with pytest.raises(fc_config.ConfigError, match="^config error: train.exclude_contaminated: "):
+        fc_config.validate(_merge(cfg, {"train": {"exclude_contaminated": "any"}, "audit": {"embedder": "flip"}}))

@@ -105,7 +105,10 @@ def _captions_files(cfg: dict) -> dict[str, list[str]]:
 
 
 def _train_files(cfg: dict) -> dict[str, list[str]]:
-    return _files(("init", (cfg.get("train") or {}).get("init")))
+    """Start weights, and the audit's flagged pool crops when training leaves them out."""
+    tr = cfg.get("train") or {}
+    excluded = f"{R}/audit/pool.parquet" if tr.get("exclude_contaminated", "none") != "none" else None
+    return _files(("init", tr.get("init")), ("contaminated_pool", excluded))
 
 
 def _attributes_train_files(cfg: dict) -> dict[str, list[str]]:
@@ -123,8 +126,12 @@ def _evaluate_files(cfg: dict) -> dict[str, list[str]]:
 
 
 def _audit_files(cfg: dict) -> dict[str, list[str]]:
-    """The evaluation sets' lists (as evaluation reads them)."""
-    return {k: v for k, v in _evaluate_files(cfg).items() if k == "dataset_lists"}
+    """The evaluation sets' lists (as evaluation reads them) and the FLIP checkpoint of the identity embedder's
+    offline fallback: audit.checkpoint, else this run's, unless training waits for the audit
+    (train.exclude_contaminated)."""
+    au, tr = cfg.get("audit") or {}, cfg.get("train") or {}
+    model = au.get("checkpoint") or (f"{R}/train/flip.pt" if tr.get("exclude_contaminated", "none") == "none" else None)
+    return {**{k: v for k, v in _evaluate_files(cfg).items() if k == "dataset_lists"}, **_files(("model", model))}
 
 
 def _labeled_files(cfg: dict) -> dict[str, list[str]]:
@@ -252,11 +259,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           deps={"pairs": f"{R}/captions/{ALL}.tar", "truth": f"{R}/collect/{ALL}.truth.parquet",
                 "test_images": f"{R}/labeled/test.tar", "test_labels": f"{R}/labeled/test.parquet",
                 # the labeled training split's identities set the identity threshold (audit.cosine: auto)
-                "train_images": f"{R}/labeled/train.tar", "train_labels": f"{R}/labeled/train.parquet",
-                "model": f"{R}/train/flip.pt"},  # FLIP's image encoder: the identity embedder's offline fallback
+                "train_images": f"{R}/labeled/train.tar", "train_labels": f"{R}/labeled/train.parquet"},
           params=("seed", "audit", "evaluate", "labeled", "align", "faces"),
           outs={"report": f"{R}/reports/audit", "metrics": f"{METRICS}/audit.json",
-                "contaminated": f"{R}/audit/contaminated.parquet"},
+                "contaminated": f"{R}/audit/contaminated.parquet", "pool": f"{R}/audit/pool.parquet"},
           dirs=("report",), metrics=("metrics",), config_files=_audit_files,
           help="contamination audit: near copies (pHash) and identities (face embeddings) of every test split in the pool"),
     # -- quality -------------------------------------------------------------------------------------------

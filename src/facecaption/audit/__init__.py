@@ -183,7 +183,8 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     au = cfg["audit"]
     size = int(cfg["align"]["size"])
     sets = read_test_sets(cfg, io)
-    kind, path, why = F.choose_embedder(au, cfg["faces"], io.inputs.get("model"))
+    flip = io.inputs.get("model")  # audit.checkpoint or this run's FLIP (a file named in config: a list)
+    kind, path, why = F.choose_embedder(au, cfg["faces"], flip[0] if isinstance(flip, list) else flip)
     embedder = F.Embedder(kind, path, au["batch"]) if kind else None
     test_size = max((len(ts.keys) for ts in sets), default=1)
     cosine, calibration = calibrate(embedder, io, au, cfg["seed"], size, test_size) if embedder else (None, None)
@@ -326,6 +327,23 @@ def contaminated(found: dict) -> pd.DataFrame:
     return df.sort_values(["dataset", "key"], kind="stable").reset_index(drop=True)
 
 
+POOL_COLUMNS = ["key", "near_copy", "identity", "dataset", "test_key"]
+
+
+def flagged_pool(found: dict) -> pd.DataFrame:
+    """One row per flagged pool crop (what ``train.exclude_contaminated`` leaves out): near copy and/or same
+    identity of some test item, with the first test item it matched (by set order, then test row)."""
+    rows: dict[str, dict] = {}
+    for ts in found["sets"]:
+        for kind, pairs in (("near_copy", found["near"].get(ts.name, [])), ("identity", found["same"].get(ts.name, []))):
+            for pk, t, *_ in pairs:
+                r = rows.setdefault(pk, {"key": pk, "near_copy": False, "identity": False, "dataset": ts.name,
+                                         "test_key": ts.keys[t]})
+                r[kind] = True
+    df = pd.DataFrame(list(rows.values()), columns=POOL_COLUMNS)
+    return df.sort_values("key", kind="stable").reset_index(drop=True)
+
+
 def _figure(rep: Report, found: dict, n: int) -> bool:
     from PIL import Image, ImageDraw
 
@@ -365,6 +383,8 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     out = Path(io.outputs["contaminated"])
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(table, out)
+    pool = flagged_pool(found)
+    write_parquet(pool, io.outputs["pool"])
     rep = Report(io.outputs["report"], io.outputs["metrics"])
     per_set, rows = {}, []
     for ts in found["sets"]:
@@ -409,6 +429,8 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     rep.metric("sets", per_set)
     rep.metric("set_names", [ts.name for ts in found["sets"]])
     rep.metric("contaminated_items", len(table))
+    rep.metric("flagged_pool_crops", {"near_copy": int(pool["near_copy"].sum()), "identity": int(pool["identity"].sum()),
+                                      "any": len(pool)})
     truth_scores = score(found, truth, all_keys, labeled)
     rep.metric("planted", truth_scores)
     rep.table("overlap", ["set", "test images", "unreadable", "near copies", "exact", "same identity (images)",

@@ -123,7 +123,18 @@ def validate(config: dict) -> dict:
         if len(shown) > 60:
             shown = type(err.instance).__name__
         raise ConfigError(f"config error: {path or '<top>'}: {shown} is not allowed; allowed: {_allowed(err)}")
+    _check_across(config)
     return config
+
+
+def _check_across(config: dict) -> None:
+    """Rules between sections that one section's schema cannot state."""
+    train, audit = config.get("train") or {}, config.get("audit") or {}
+    if (train.get("exclude_contaminated") in ("identity", "any") and audit.get("embedder") == "flip"
+            and not audit.get("checkpoint")):
+        raise ConfigError("config error: train.exclude_contaminated: the audit runs before training then, so this "
+                          "run's FLIP cannot be its identity embedder; set audit.checkpoint (an earlier FLIP) or "
+                          "audit.embedder: insightface")
 
 
 def load(files: Iterable[str | Path] = ("config.yaml",), overrides: dict | None = None) -> dict:

@@ -87,6 +87,7 @@ class TrainSkip(Reason):
     MISSING_CAPTION = "missing_caption"
     EMPTY_TEXT = "empty_text"
     BAD_IMAGE = "bad_image"
+    CONTAMINATED = "contaminated"  # flagged by the contamination audit (train.exclude_contaminated)
 
 
 def category(reason: str | None) -> str:

@@ -268,8 +268,22 @@ def new_model(arch: str, seed: int, tcfg: dict):
     return model
 
 
-def caption_data(split: Split, tcfg: dict, *, seed: int, image_size: int, tokenizer, num_workers: int):
-    """The data module: training on the split's training shards, validation on its held-out shards."""
+def excluded_keys(path: str | list | None, mode: str) -> frozenset[str]:
+    """The pool crops the contamination audit flagged (``results/audit/pool.parquet``) that
+    ``train.exclude_contaminated`` leaves out: ``near_copy``, ``identity`` or ``any`` of the two."""
+    if mode == "none" or not path:
+        return frozenset()
+    import pandas as pd
+
+    df = pd.read_parquet(path[0] if isinstance(path, list) else path, columns=["key", "near_copy", "identity"])
+    keep = {"near_copy": df["near_copy"], "identity": df["identity"], "any": df["near_copy"] | df["identity"]}[mode]
+    return frozenset(df.loc[keep, "key"].astype(str))
+
+
+def caption_data(split: Split, tcfg: dict, *, seed: int, image_size: int, tokenizer, num_workers: int,
+                 exclude: frozenset[str] = frozenset()):
+    """The data module: training on the split's training shards, validation on its held-out shards, without
+    the ``exclude`` keys (the audit's flagged crops; skipped and counted as ``contaminated``)."""
     from facecaption.train.data import CaptionData
 
     if not split.held_out:
@@ -277,7 +291,8 @@ def caption_data(split: Split, tcfg: dict, *, seed: int, image_size: int, tokeni
     return CaptionData(list(split.train), list(split.held_out), tokenizer=tokenizer, image_size=image_size, seed=seed,
                        batch_size=tcfg["batch_size"], augment=tcfg["augment"], shuffle_buffer=tcfg["shuffle_buffer"],
                        resampled=tcfg["resampled"] is True,  # auto: exact passes, each sample once per pass
-                       val_max_samples=tcfg["val_max_samples"], num_workers=num_workers, text=tcfg["text"])
+                       val_max_samples=tcfg["val_max_samples"], num_workers=num_workers, text=tcfg["text"],
+                       exclude=exclude)
 
 
 def planned_steps(tcfg: dict, train_shards: list[str], hw: dict) -> int:
@@ -434,7 +449,7 @@ def timing_log_of(out_model: str) -> Path:
 
 
 def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_after: int | None = None,
-          out_hub: str | None = None, out_split: str | None = None) -> dict:
+          out_hub: str | None = None, out_split: str | None = None, contaminated_pool: str | None = None) -> dict:
     """Train, export ``out_model`` (and, when given, ``out_hub``: open_clip's hub layout, and ``out_split``: the
     held-out split, :mod:`facecaption.core.split`), copy logs to ``out_logs``; returns the summary (with the
     timing, on rank 0). ``stop_after`` (tests) raises after that many steps, as a killed job would stop."""
@@ -461,7 +476,8 @@ def train(cfg: dict, shards: list[str], out_model: str, out_logs: str, stop_afte
     L.seed_everything(seed, workers=True, verbose=False)
     model = new_model(arch, seed, tcfg)
     data = caption_data(split, tcfg, seed=seed, image_size=image_size or M._image_size(M.model_config(arch)),
-                        tokenizer=open_clip.get_tokenizer(arch), num_workers=loader_workers(tcfg, hw))
+                        tokenizer=open_clip.get_tokenizer(arch), num_workers=loader_workers(tcfg, hw),
+                        exclude=excluded_keys(contaminated_pool, tcfg["exclude_contaminated"]))
     max_steps = planned_steps(tcfg, split.train, hw)
     if tcfg["compile"]:
         model.compile()  # in place: the state dict keeps open_clip's names, so the export is unchanged

@@ -119,11 +119,13 @@ class CaptionStream(IterableDataset):
 
     def __init__(self, shards: list[str], *, tokenizer, image_size: int, batch_size: int, seed: int,
                  train: bool = True, augment: dict | None = None, shuffle_buffer: int = 500,
-                 resampled: bool = False, max_samples: int | None = None, text: str = "caption"):
+                 resampled: bool = False, max_samples: int | None = None, text: str = "caption",
+                 exclude: frozenset[str] = frozenset()):
         if text not in TEXTS:
             raise ValueError(f"train.text: {text!r} is not one of {', '.join(TEXTS)}")
         self.shards = list(shards)
         self.text = text
+        self.exclude = exclude  # sample keys the contamination audit flagged: skipped as "contaminated"
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.batch_size = batch_size
@@ -199,7 +201,10 @@ class CaptionStream(IterableDataset):
             if self.max_samples is not None and seen >= math.ceil(self.max_samples / total):
                 break
             pick = 0 if not self.train else int(fcrng.stream(self.seed, "train-text", p, sample["__key__"]).integers(2**31))
-            reason, caption, image = _decode(sample, self.text, pick)
+            if sample["__key__"] in self.exclude:
+                reason, caption, image = "contaminated", None, None
+            else:
+                reason, caption, image = _decode(sample, self.text, pick)
             if reason is not None:
                 skipped[SKIP_REASONS.index(reason)] += 1
                 continue
@@ -232,10 +237,13 @@ class CaptionData(L.LightningDataModule):
 
     def __init__(self, train_shards: list[str], val_shards: list[str], *, tokenizer, image_size: int, seed: int,
                  batch_size: int, augment: dict | None = None, shuffle_buffer: int = 500, resampled: bool = False,
-                 val_max_samples: int | None = None, num_workers: int = 1, text: str = "caption"):
+                 val_max_samples: int | None = None, num_workers: int = 1, text: str = "caption",
+                 exclude: frozenset[str] = frozenset()):
         super().__init__()
-        # the shard lists (thousands of paths at scale) and the tokenizer (an object) are not hyperparameters
-        self.save_hyperparameters(ignore=["train_shards", "val_shards", "tokenizer"])
+        # the shard lists (thousands of paths at scale), the tokenizer (an object) and the excluded keys (the
+        # audit's list, as long as it is) are not hyperparameters
+        self.save_hyperparameters(ignore=["train_shards", "val_shards", "tokenizer", "exclude"])
+        self.exclude = frozenset(exclude)
         self.train_shards, self.val_shards = list(train_shards), list(val_shards)
         self.tokenizer = tokenizer
         self.num_workers = num_workers
@@ -249,7 +257,8 @@ class CaptionData(L.LightningDataModule):
         rank, world = self._world()
         ds = CaptionStream(self.train_shards, tokenizer=self.tokenizer, image_size=h.image_size,
                            batch_size=h.batch_size, seed=h.seed, train=True, augment=h.augment,
-                           shuffle_buffer=h.shuffle_buffer, resampled=bool(h.resampled), text=h.text)
+                           shuffle_buffer=h.shuffle_buffer, resampled=bool(h.resampled), text=h.text,
+                           exclude=self.exclude)
         ds.rank, ds.world = rank, world
         ds.start_batches = self.trainer.global_step if getattr(self, "trainer", None) is not None else 0
         nw = self.num_workers
@@ -263,6 +272,6 @@ class CaptionData(L.LightningDataModule):
         rank, world = self._world()
         ds = CaptionStream(self.val_shards, tokenizer=self.tokenizer, image_size=h.image_size,
                            batch_size=h.batch_size, seed=h.seed, train=False, max_samples=h.val_max_samples,
-                           text=h.text)
+                           text=h.text, exclude=self.exclude)
         ds.rank, ds.world = rank, world
         return DataLoader(ds, batch_size=None, num_workers=0)

@@ -21,4 +21,5 @@ rule audit:
         fc_runtime=runtime_key("audit"),
         **resources_of("audit", 3000),
     shell:
+        "OMP_NUM_THREADS={threads} FACECAPTION_THREADS={threads} "
         "facecaption audit --cfg {params.cfg:q} --runtime {resources.fc_runtime:q} {params.shards} 2> {log}"

@@ -26,8 +26,10 @@ could be recomputed without them (the next step; evaluation does not read it yet
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,14 @@ def _decode(name: str, keys: list[str], sources: list, identities: list, size: i
         ts.images.append(im)
         ts.identities.append(ident)
     return ts
+
+
+def threads() -> int:
+    """The rule's threads (Snakemake exports them as FACECAPTION_THREADS / OMP_NUM_THREADS)."""
+    for var in ("FACECAPTION_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    return 1
 
 
 def read_test_sets(cfg: StageConfig, io: StageIO) -> list[TestSet]:
@@ -189,13 +199,14 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     test_size = max((len(ts.keys) for ts in sets), default=1)
     cosine, calibration = calibrate(embedder, io, au, cfg["seed"], size, test_size) if embedder else (None, None)
     kp = F.Keypoints()
+    pool = ThreadPoolExecutor(threads())  # keypoints and their checks: OpenCV releases the GIL
     hindex, tindex, eindex, index_kind = {}, {}, {}, {}
     for ts in sets:
         ts.hashes = np.stack([F.phash(im) for im in ts.images]) if ts.images else np.zeros((0, 8), np.uint8)
         hindex[ts.name] = S.binary_index(ts.hashes)
         ts.thumbs = np.stack([F.thumb(im) for im in ts.images]) if ts.images else np.zeros((0, 192), np.float32)
         tindex[ts.name] = S.embedding_index(ts.thumbs, "flat")[0]
-        ts.keypoints = [kp.describe(im) for im in ts.images]
+        ts.keypoints = list(pool.map(kp.describe, ts.images))
         if embedder is None:
             ts.identity_skip = f"no embedder: {why}"
         elif cosine is None:
@@ -236,16 +247,15 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
             for q, t, d in S.hamming_pairs(hindex[ts.name], hashes, au["hamming"]):
                 found[(q, t)] = [d, None]  # an exact copy
             sims, rows = S.nearest(tindex[ts.name], thumbs, au["candidates"])
-            for q in range(len(keys)):
-                for sim, t in zip(sims[q], rows[q]):
-                    if t < 0 or sim < au["min_layout"]:
-                        continue
-                    if q not in described:
-                        described[q] = kp.describe(ims[q])
-                    n = kp.inliers(described[q], ts.keypoints[t])
-                    verified += 1
-                    if n >= au["min_inliers"] or (q, int(t)) in found:
-                        found.setdefault((q, int(t)), [F.hamming(hashes[q], ts.hashes[t]), None])[1] = n
+            cands = [(q, int(t)) for q in range(len(keys)) for sim, t in zip(sims[q], rows[q])
+                     if t >= 0 and sim >= au["min_layout"]]
+            todo = sorted({q for q, _ in cands} - set(described))
+            described.update(zip(todo, pool.map(lambda q: kp.describe(ims[q]), todo)))
+            counts = list(pool.map(lambda qt: kp.inliers(described[qt[0]], ts.keypoints[qt[1]]), cands))
+            verified += len(cands)
+            for (q, t), n in zip(cands, counts):
+                if n >= au["min_inliers"] or (q, t) in found:
+                    found.setdefault((q, t), [F.hamming(hashes[q], ts.hashes[t]), None])[1] = n
             for (q, t), (d, n) in sorted(found.items()):
                 near[ts.name].append((keys[q], t, d, n))
                 examples.setdefault((ts.name, keys[q]), (ims[q], t, f"{n} inliers" if n is not None else f"{d} bits"))
@@ -253,6 +263,7 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
                 for q, t, c in S.cosine_pairs(eindex[ts.name], emb, cosine):
                     same[ts.name].append((keys[q], t, c))
                     examples.setdefault((ts.name, keys[q]), (ims[q], t, f"cos {c:.2f}"))
+    pool.shutdown()
     return {"sets": sets, "near": near, "same": same, "pool_n": pool_n, "pool_skipped": skipped,
             "embedder": {"kind": kind, "name": embedder.name if embedder else None, "why": why},
             "cosine": cosine, "calibration": calibration, "verified": verified,

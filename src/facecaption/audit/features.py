@@ -66,26 +66,35 @@ def thumb(im: Image.Image) -> np.ndarray:
 
 class Keypoints:
     """ORB keypoints of a crop (resized to ``side``) and a geometric check between two crops' keypoints:
-    :meth:`inliers` counts the cross-checked matches that one similarity transform (RANSAC, 3 px) explains."""
+    :meth:`inliers` counts the cross-checked matches that one similarity transform (RANSAC, 3 px) explains.
+    Safe to share between threads (OpenCV releases the GIL; each thread gets its own detector and matcher)."""
 
     def __init__(self, features: int = 500, side: int = 224):
+        import threading
+
         import cv2
 
-        self.cv2, self.side = cv2, side
-        self.orb = cv2.ORB_create(nfeatures=features, edgeThreshold=8, patchSize=15, fastThreshold=10)
-        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+        self.cv2, self.side, self.features = cv2, side, features
+        self._local = threading.local()
+
+    def _tools(self):
+        t = self._local
+        if not hasattr(t, "orb"):
+            t.orb = self.cv2.ORB_create(nfeatures=self.features, edgeThreshold=8, patchSize=15, fastThreshold=10)
+            t.matcher = self.cv2.BFMatcher(self.cv2.NORM_HAMMING, crossCheck=True)
+        return t.orb, t.matcher
 
     def describe(self, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         """(keypoint positions (n, 2) float32, descriptors (n, 32) uint8 or None)."""
         grey = np.asarray(im.convert("L").resize((self.side, self.side), Image.BICUBIC))
-        kps, desc = self.orb.detectAndCompute(grey, None)
+        kps, desc = self._tools()[0].detectAndCompute(grey, None)
         return np.float32([k.pt for k in kps]).reshape(-1, 2), desc
 
     def inliers(self, a: tuple, b: tuple) -> int:
         (pa, da), (pb, db) = a, b
         if da is None or db is None or len(pa) < 4 or len(pb) < 4:
             return 0
-        matches = self.matcher.match(da, db)
+        matches = self._tools()[1].match(da, db)
         if len(matches) < 4:
             return 0
         src = pa[[m.queryIdx for m in matches]]

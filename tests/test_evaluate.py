@@ -647,6 +647,11 @@ def test_probe_without_the_audits_contaminated_test_items(in_stage_dir, tmp_path
     table = pd.DataFrame([{"dataset": "synthface", "key": k, "near_copy": i % 2 == 0, "identity": i % 2 == 1,
                            "hamming": None, "inliers": None, "cosine": None, "pool_key": "00000_00000_00"}
                           for i, k in enumerate(flagged)], columns=CONTAMINATED_COLUMNS)
+    from facecaption.core import split as splitmod
+
+    held = list(splitmod.read("results/train/split.json").with_keys().keys)
+    table = pd.concat([table, pd.DataFrame([{"dataset": splitmod.HELD_OUT_SET, "key": k, "near_copy": True,
+                                             "identity": False, "pool_key": "00000_00001_00"} for k in held[:3]])])
     table.to_parquet(tmp_path / "contaminated.parquet")
     io = W.stage_io("evaluate", cfg, ["00000", "00001"])
     out = {"report": str(tmp_path / "evaluate"), "metrics": str(tmp_path / "evaluate.json")}
@@ -655,6 +660,9 @@ def test_probe_without_the_audits_contaminated_test_items(in_stage_dir, tmp_path
     m = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert m["contamination"]["synthface"] == {"test": len(keys), "dropped": len(flagged), "unknown_keys": 0,
                                                "near_copy": (len(flagged) + 1) // 2, "identity": len(flagged) // 2}
+    assert m["contamination"][splitmod.HELD_OUT_SET]["dropped"] == 3
+    ret = json.loads((tmp_path / "evaluate" / "tables" / "retrieval_clean.json").read_text())["rows"]
+    assert {r[0] for r in ret} == {"FLIP", "random init"} and all(r[2] == f"{len(held)} / {len(held) - 3}" for r in ret)
     rows = json.loads((tmp_path / "evaluate" / "tables" / "probe_clean.json").read_text())["rows"]
     assert {r[0] for r in rows} == {"FLIP", "random init"}
     assert all(r[3] == f"{len(keys)} / {len(keys) - len(flagged)}" for r in rows)

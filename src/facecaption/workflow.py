@@ -126,12 +126,16 @@ def _evaluate_files(cfg: dict) -> dict[str, list[str]]:
 
 
 def _audit_files(cfg: dict) -> dict[str, list[str]]:
-    """The evaluation sets' lists (as evaluation reads them) and the FLIP checkpoint of the identity embedder's
-    offline fallback: audit.checkpoint, else this run's, unless training waits for the audit
-    (train.exclude_contaminated)."""
+    """The evaluation sets' lists (as evaluation reads them), the FLIP checkpoint of the identity embedder's
+    offline fallback (audit.checkpoint, else this run's) and the train stage's split, unless training waits for
+    the audit (train.exclude_contaminated)."""
     au, tr = cfg.get("audit") or {}, cfg.get("train") or {}
-    model = au.get("checkpoint") or (f"{R}/train/flip.pt" if tr.get("exclude_contaminated", "none") == "none" else None)
-    return {**{k: v for k, v in _evaluate_files(cfg).items() if k == "dataset_lists"}, **_files(("model", model))}
+    after_training = tr.get("exclude_contaminated", "none") == "none"
+    model = au.get("checkpoint") or (f"{R}/train/flip.pt" if after_training else None)
+    # the train stage's split: its held-out faces (retrieval's test faces) are audited against the training shards
+    split = f"{R}/train/split.json" if after_training else None
+    return {**{k: v for k, v in _evaluate_files(cfg).items() if k == "dataset_lists"},
+            **_files(("model", model), ("split", split))}
 
 
 def _labeled_files(cfg: dict) -> dict[str, list[str]]:

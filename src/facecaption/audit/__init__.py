@@ -39,6 +39,7 @@ import pandas as pd
 from facecaption.audit import features as F
 from facecaption.audit import search as S
 from facecaption.core import evalsets
+from facecaption.core import split as splitmod
 from facecaption.core.config import StageConfig
 from facecaption.core.report import Report, setup_plotting
 from facecaption.core.shards import iter_samples, read_parquet, write_parquet
@@ -129,7 +130,7 @@ def planted_truth(truth_paths: list[str]) -> pd.DataFrame:
 
 
 def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
-    """(keys, PIL crops) of the caption shards, ``batch`` at a time, shard by shard."""
+    """(shard, keys, PIL crops) of the caption shards, ``batch`` at a time, shard by shard."""
     for tar in tars:
         errors: list = []
         keys, ims = [], []
@@ -142,11 +143,27 @@ def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
             except Exception as exc:  # noqa: BLE001
                 skipped.append({"key": s["__key__"], "reason": f"unreadable_image: {type(exc).__name__}"})
             if len(keys) >= batch:
-                yield keys, ims
+                yield tar, keys, ims
                 keys, ims = [], []
         if keys:
-            yield keys, ims
+            yield tar, keys, ims
         skipped.extend(errors)
+
+
+def held_out_set(split_file: str | list | None, tars: list[str], size: int) -> TestSet | None:
+    """Retrieval's test faces (the train stage's held-out caption shards) as a test set without identities; None
+    without a split (the audit then runs before training) or without held-out shards."""
+    if not split_file:
+        return None
+    split = splitmod.read(split_file[0] if isinstance(split_file, list) else split_file)
+    held = [t for t in tars if t in set(split.held_out)]
+    if not held:
+        return None
+    keys, images, errors = [], [], []
+    for _, k, ims in _pool_batches(held, size, 10_000, errors):
+        keys += k
+        images += ims
+    return TestSet(splitmod.HELD_OUT_SET, keys, images, [""] * len(keys), errors)
 
 
 def calibrate(embedder, io: StageIO, au: dict, seed: int, size: int, test_size: int) -> tuple[float, dict]:
@@ -193,6 +210,11 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     au = cfg["audit"]
     size = int(cfg["align"]["size"])
     sets = read_test_sets(cfg, io)
+    held = held_out_set(io.inputs.get("split"), io.many("pairs"), size)
+    held_shards = set()
+    if held is not None:
+        sets.append(held)  # compared with the training shards only: it is itself a part of the pool
+        held_shards = set(splitmod.read((lambda v: v[0] if isinstance(v, list) else v)(io.inputs["split"])).held_out)
     flip = io.inputs.get("model")  # audit.checkpoint or this run's FLIP (a file named in config: a list)
     kind, path, why = F.choose_embedder(au, cfg["faces"], flip[0] if isinstance(flip, list) else flip)
     embedder = F.Embedder(kind, path, au["batch"]) if kind else None
@@ -228,7 +250,7 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     copies = {r.image_key: r.planted_key for r in planted.itertuples() if r.planted == "near_copy"}
     labeled_rows = {k: i for i, k in enumerate(sets[0].keys)}
     nearest_bits, copy_bits = np.zeros(65, np.int64), []
-    for keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
+    for shard, keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
         pool_n += len(keys)
         hashes = np.stack([F.phash(im) for im in ims])
         if sets[0].keys:
@@ -243,6 +265,8 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
         emb = embedder(ims) if embedder is not None and cosine is not None and eindex else None
         described: dict[int, tuple] = {}
         for ts in sets:
+            if ts.name == splitmod.HELD_OUT_SET and shard in held_shards:
+                continue  # the held-out faces against the training shards only
             found: dict[tuple[int, int], list] = {}
             for q, t, d in S.hamming_pairs(hindex[ts.name], hashes, au["hamming"]):
                 found[(q, t)] = [d, None]  # an exact copy

@@ -31,6 +31,9 @@ RULE = ("the last train.val_shards caption shards are held out when there are mo
 VERSION = 1
 
 
+HELD_OUT_SET = "held-out captions"  # the retrieval test faces, by that name in the audit's and evaluation's tables
+
+
 class SplitError(ValueError):
     """A split file that is missing or does not fit the run, as one line."""
 

@@ -277,6 +277,19 @@ _BOX_MATCHED = {ReleaseReason.NO_FACE_IN_BOX.value, ReleaseReason.EMPTY_CAPTION.
                 "align_failed", "detect_error"}
 MANIFEST_COLUMNS = ["release_row", "key", "url", "sha256", "x0", "y0", "x1", "y1", "aligned_by", "detector", "score",
                     "landmarks", "matrix"]
+
+
+def manifest_schema():
+    """The manifest's types, fixed: a shard whose faces all lack a value must not decide them."""
+    import pyarrow as pa
+
+    f64, s = pa.float64(), pa.string()
+    return pa.schema([("release_row", pa.int64()), ("key", s), ("url", s), ("sha256", s), ("x0", f64), ("y0", f64),
+                      ("x1", f64), ("y1", f64), ("aligned_by", s), ("detector", s), ("score", f64),
+                      ("landmarks", pa.list_(f64)), ("matrix", pa.list_(f64)), ("align_size", pa.int64()),
+                      ("align_scale", f64)])
+
+
 #: quoted beside the rebuilt share: the release's size (dataset card) and the paper's URL reachability
 RELEASE_QUOTED = [("released rows (dataset card, ~13.2–13.4M)", 13_300_000, 1.0),
                   ("LAION-Face URLs reachable for the paper (~75 %)", None, 0.75)]
@@ -322,17 +335,17 @@ def release_summary(record_files: list[str], face_files: list[str], collect_file
             counts["kept_landmarks"] += int((faces["aligned_by"] == "landmarks").sum())
             counts["kept_box"] += int((faces["aligned_by"] == "box").sum())
             man = faces[MANIFEST_COLUMNS].assign(align_size=int(acfg["size"]), align_scale=float(acfg["scale"]))
-            table = pa.Table.from_pandas(man, preserve_index=False)
-            table = table.cast(pa.schema([pa.field(f.name, pa.string() if f.name in ("url", "sha256", "key", "aligned_by",
-                                                                                     "detector") else f.type)
-                                          for f in table.schema]))
+            if man.empty:
+                continue
+            man = man.assign(release_row=man["release_row"].astype("int64"))
+            table = pa.Table.from_pandas(man, preserve_index=False).cast(manifest_schema())
             for r in man.itertuples(index=False):
                 box = ",".join(f"{v:.2f}" for v in (r.x0, r.y0, r.x1, r.y1))
                 mat = ",".join(f"{v:.4f}" for v in r.matrix)
                 digest.update(f"{int(r.release_row)}\t{r.url}\t{r.sha256}\t{box}\t{r.aligned_by}\t{mat}\n".encode())
             if writer is None:
-                writer = pq.ParquetWriter(str(manifest_path), table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
+                writer = pq.ParquetWriter(str(manifest_path), manifest_schema(), compression="zstd")
+            writer.write_table(table)
     finally:
         if writer is not None:
             writer.close()

@@ -313,3 +313,46 @@ def test_training_leaves_out_the_flagged_crops(planted):
     assert W.stage_inputs("audit", with_ckpt, shards)["model"] == ["old/flip.pt"]
     with pytest.raises(fc_config.ConfigError, match="^config error: train.exclude_contaminated: "):
         fc_config.validate(_merge(cfg, {"train": {"exclude_contaminated": "any"}, "audit": {"embedder": "flip"}}))
+
+
+def _mean_colour_onnx(path):
+    """A stand-in recognition model in insightface's layout (input ``input.1``, N×3×112×112): the embedding is the
+    image's mean colour, so the test knows every vector."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input.1"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["683"], axis=1)],
+        "mean_colour", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def test_the_insightface_embedder_runs_the_packs_recognition_onnx(planted, monkeypatch, workdir):
+    """audit.embedder: insightface reads <faces.insightface.model_dir>/<pack>/<recognition_model> with onnxruntime,
+    with ArcFace's input (112 px RGB, (x - 127.5) / 127.5); the vectors are L2-normalised; a missing file names it."""
+    cfg, _ = planted
+    monkeypatch.undo()  # the real embedder, not the fixture's oracle
+    _mean_colour_onnx(workdir / "models" / "buffalo_l" / "w600k_r50.onnx")
+    au = {**cfg["audit"], "embedder": "insightface"}
+    faces = {"insightface": {"model_dir": str(workdir / "models"), "pack": "buffalo_l"}}
+    kind, path, why = F.choose_embedder(au, faces, None)
+    assert kind == "insightface" and path.endswith("buffalo_l/w600k_r50.onnx") and why.endswith("found")
+    emb = F.Embedder(kind, path, batch=4)
+    ims = [F.open_rgb(s["jpg"], 64) for s in list(iter_samples("results/labeled/test.tar"))[:5]]
+    want = np.stack([((np.asarray(im.resize((112, 112), Image.BILINEAR), np.float32) - 127.5) / 127.5).mean((0, 1))
+                     for im in ims])
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert np.allclose(emb(ims), want, atol=1e-5) and emb.name == "insightface w600k_r50.onnx"
+    missing = F.choose_embedder(au, {"insightface": {"model_dir": str(workdir / "none")}}, None)
+    assert missing[0] is None and "none/buffalo_l/w600k_r50.onnx does not exist" in missing[2]
+    # the stage with it: the identity audit runs with the pack's model
+    cfg = _merge(cfg, {"audit": {"embedder": "insightface", "cosine": 0.999999}, "faces": faces})
+    assert run_stage("audit", cfg) == 0
+    m = _metrics()
+    assert m["embedder"]["name"] == "insightface w600k_r50.onnx" and "skipped" not in m["sets"]["synthface"]["identity"]

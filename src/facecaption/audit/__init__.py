@@ -153,9 +153,10 @@ def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
 def held_out_set(split_file: str | list | None, tars: list[str], size: int) -> TestSet | None:
     """Retrieval's test faces (the train stage's held-out caption shards) as a test set without identities; None
     without a split (the audit then runs before training) or without held-out shards."""
-    if not split_file:
+    path = split_file[0] if isinstance(split_file, list) else split_file
+    if not path or not Path(path).exists():  # no training in this run (a stage run alone): nothing is held out
         return None
-    split = splitmod.read(split_file[0] if isinstance(split_file, list) else split_file)
+    split = splitmod.read(path)
     held = [t for t in tars if t in set(split.held_out)]
     if not held:
         return None
@@ -214,7 +215,8 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     held_shards = set()
     if held is not None:
         sets.append(held)  # compared with the training shards only: it is itself a part of the pool
-        held_shards = set(splitmod.read((lambda v: v[0] if isinstance(v, list) else v)(io.inputs["split"])).held_out)
+        split_file = io.inputs["split"]
+        held_shards = set(splitmod.read(split_file[0] if isinstance(split_file, list) else split_file).held_out)
     flip = io.inputs.get("model")  # audit.checkpoint or this run's FLIP (a file named in config: a list)
     kind, path, why = F.choose_embedder(au, cfg["faces"], flip[0] if isinstance(flip, list) else flip)
     embedder = F.Embedder(kind, path, au["batch"]) if kind else None

@@ -42,6 +42,10 @@ TABLES = (
     Table("captions/*.parquet", ("key", "image_key", "caption", "captions", "grammar_caption", "rewritten",
                                  "rewrite_error", "alt_text", "n_labels"), unique=("key",)),
     Table("quality/*.parquet", ("key", "excluded_reason")),
+    # the contamination audit: flagged test items (one row per dataset + test key) and flagged pool crops
+    Table("audit/contaminated.parquet", ("dataset", "key", "near_copy", "identity", "hamming", "inliers", "cosine",
+                                         "pool_key"), unique=("dataset", "key")),
+    Table("audit/pool.parquet", ("key", "near_copy", "identity", "dataset", "test_key"), unique=("key",)),
 )
 SHARDS = (
     Shard("collect/*.tar", ("jpg", "txt", "json")),

@@ -22,6 +22,7 @@ from facecaption.core.align import align
 from facecaption.core.shards import ShardWriter, encode_jpeg, iter_samples, read_parquet
 
 PLANT = {"identities": 3, "near_copies": 3}
+REAL_EMBEDDER, REAL_CHOOSE = F.Embedder, F.choose_embedder  # the fixture swaps in the oracle
 
 
 def _cfg(**over):
@@ -337,7 +338,8 @@ def test_the_insightface_embedder_runs_the_packs_recognition_onnx(planted, monke
     """audit.embedder: insightface reads <faces.insightface.model_dir>/<pack>/<recognition_model> with onnxruntime,
     with ArcFace's input (112 px RGB, (x - 127.5) / 127.5); the vectors are L2-normalised; a missing file names it."""
     cfg, _ = planted
-    monkeypatch.undo()  # the real embedder, not the fixture's oracle
+    monkeypatch.setattr(F, "Embedder", REAL_EMBEDDER)  # the real embedder, not the fixture's oracle
+    monkeypatch.setattr(F, "choose_embedder", REAL_CHOOSE)
     _mean_colour_onnx(workdir / "models" / "buffalo_l" / "w600k_r50.onnx")
     au = {**cfg["audit"], "embedder": "insightface"}
     faces = {"insightface": {"model_dir": str(workdir / "models"), "pack": "buffalo_l"}}

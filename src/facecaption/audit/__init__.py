@@ -150,21 +150,21 @@ def _pool_batches(tars: list[str], size: int, batch: int, skipped: list):
         skipped.extend(errors)
 
 
-def held_out_set(split_file: str | list | None, tars: list[str], size: int) -> TestSet | None:
-    """Retrieval's test faces (the train stage's held-out caption shards) as a test set without identities; None
-    without a split (the audit then runs before training) or without held-out shards."""
+def held_out_set(split_file: str | list | None, tars: list[str], size: int) -> tuple[TestSet | None, set[str]]:
+    """(retrieval's test faces as a test set without identities, the held-out shards): the train stage's held-out
+    caption shards; (None, empty) without a split (the audit then runs before training) or held-out shards."""
     path = split_file[0] if isinstance(split_file, list) else split_file
     if not path or not Path(path).exists():  # no training in this run (a stage run alone): nothing is held out
-        return None
+        return None, set()
     split = splitmod.read(path)
     held = [t for t in tars if t in set(split.held_out)]
     if not held:
-        return None
+        return None, set()
     keys, images, errors = [], [], []
     for _, k, ims in _pool_batches(held, size, 10_000, errors):
         keys += k
         images += ims
-    return TestSet(splitmod.HELD_OUT_SET, keys, images, [""] * len(keys), errors)
+    return TestSet(splitmod.HELD_OUT_SET, keys, images, [""] * len(keys), errors), set(held)
 
 
 def calibrate(embedder, io: StageIO, au: dict, seed: int, size: int, test_size: int) -> tuple[float, dict]:
@@ -211,12 +211,9 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     au = cfg["audit"]
     size = int(cfg["align"]["size"])
     sets = read_test_sets(cfg, io)
-    held = held_out_set(io.inputs.get("split"), io.many("pairs"), size)
-    held_shards = set()
+    held, held_shards = held_out_set(io.inputs.get("split"), io.many("pairs"), size)
     if held is not None:
         sets.append(held)  # compared with the training shards only: it is itself a part of the pool
-        split_file = io.inputs["split"]
-        held_shards = set(splitmod.read(split_file[0] if isinstance(split_file, list) else split_file).held_out)
     flip = io.inputs.get("model")  # audit.checkpoint or this run's FLIP (a file named in config: a list)
     kind, path, why = F.choose_embedder(au, cfg["faces"], flip[0] if isinstance(flip, list) else flip)
     embedder = F.Embedder(kind, path, au["batch"]) if kind else None
@@ -250,10 +247,14 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     # histogram over the pool), and the planted near copies' distances to the very image they copy
     planted = planted_truth(io.many("truth"))
     copies = {r.image_key: r.planted_key for r in planted.itertuples() if r.planted == "near_copy"}
+    planted_images, planted_pool = set(planted["image_key"]), defaultdict(list)
     labeled_rows = {k: i for i, k in enumerate(sets[0].keys)}
     nearest_bits, copy_bits = np.zeros(65, np.int64), []
     for shard, keys, ims in _pool_batches(io.many("pairs"), size, au["batch"], skipped):
         pool_n += len(keys)
+        for k in keys:  # which planted crops reached the pool (the truth's side of recall)
+            if _image_key(k) in planted_images:
+                planted_pool[_image_key(k)].append(k)
         hashes = np.stack([F.phash(im) for im in ims])
         if sets[0].keys:
             bits, _ = hindex[sets[0].name].search(hashes, 1)
@@ -293,6 +294,7 @@ def audit(cfg: StageConfig, io: StageIO) -> dict:
     return {"sets": sets, "near": near, "same": same, "pool_n": pool_n, "pool_skipped": skipped,
             "embedder": {"kind": kind, "name": embedder.name if embedder else None, "why": why},
             "cosine": cosine, "calibration": calibration, "verified": verified,
+            "planted": planted, "planted_pool": planted_pool,
             "phash": {"unrelated_nearest_bits": nearest_bits.tolist(), "near_copy_bits": sorted(copy_bits)},
             "index": index_kind, "examples": examples}
 
@@ -408,13 +410,7 @@ def run(cfg: StageConfig, io: StageIO) -> int:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
     au = cfg["audit"]
-    # every pool key (for the truth: which planted crops reached the pool)
-    all_keys = defaultdict(list)
-    for tar in io.many("pairs"):
-        for s in iter_samples(tar):
-            if "jpg" in s:
-                all_keys[_image_key(s["__key__"])].append(s["__key__"])
-    truth = planted_truth(io.many("truth"))
+    truth = found["planted"]
     labeled = found["sets"][0]
     table = contaminated(found)
     out = Path(io.outputs["contaminated"])
@@ -468,7 +464,7 @@ def run(cfg: StageConfig, io: StageIO) -> int:
     rep.metric("contaminated_items", len(table))
     rep.metric("flagged_pool_crops", {"near_copy": int(pool["near_copy"].sum()), "identity": int(pool["identity"].sum()),
                                       "any": len(pool)})
-    truth_scores = score(found, truth, all_keys, labeled)
+    truth_scores = score(found, truth, found["planted_pool"], labeled)
     rep.metric("planted", truth_scores)
     rep.table("overlap", ["set", "test images", "unreadable", "near copies", "exact", "same identity (images)",
                           "identities in pool"], rows,
